@@ -1,0 +1,42 @@
+# SLIP-kit: the two quick-start commands (`make demo`, `make test`) and a few helpers.
+# Each target sets up the virtual environment first (idempotent: a no-op when it is up to date).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= out
+
+.PHONY: setup demo test bench-tables bench-images bench-train bench-ordering quality clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev,bench]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Main job on the embedded sample: build a validated release, train short SLIP and CLIP runs, evaluate, compare.
+demo: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" OUT=$(OUT) bash scripts/demo.sh
+
+# The test suite (CI runs exactly this).
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench-tables: setup
+	$(BIN)/python bench/bench_nodes.py && $(BIN)/python bench/bench_edges.py
+
+bench-images: setup
+	$(BIN)/python bench/bench_images.py
+
+bench-train: setup
+	$(BIN)/python bench/bench_train.py
+
+bench-ordering: setup
+	$(BIN)/python bench/bench_ordering.py
+
+clean:
+	rm -rf $(OUT) runs .pytest_cache

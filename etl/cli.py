@@ -1,0 +1,191 @@
+"""`slip-etl`: build a multimodal product-graph release, one stage or all of them.
+
+stdout carries only what scripts read (the last line of `build` / a stage command is the folder it produced);
+logs and progress bars go to stderr.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from etl.config import ConfigError, PipelineConfig, load_config
+from etl.stage import RunOptions, StageError, run_stages
+from etl.stages import STAGES, available_stages
+
+app = typer.Typer(
+    name="slip-etl",
+    help="Build multimodal Amazon product-graph datasets: Parquet tables, WebDataset shards, validated releases.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("slip_etl")
+
+CategoryOpt = Annotated[str, typer.Option("--category", "-c", help="Category slug (electronics, ...) or file name.")]
+SourceOpt = Annotated[str, typer.Option("--source", "-s", help="sample | amazon-2023 | amazon-2018.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder; the dataset goes to OUT/SOURCE-CATEGORY/.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A pipelines.yaml merged over the defaults.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one value: SECTION.KEY=VALUE (repeatable).")]
+MirrorOpt = Annotated[Optional[str], typer.Option(
+    "--mirror", help="Fetch the same relative paths from another base: an http(s) URL or a local folder.")]
+AllowHostOpt = Annotated[Optional[list[str]], typer.Option(
+    "--allow-host", help="Permit a host the URL-safety rules would refuse, e.g. a mirror on 127.0.0.1 (repeatable).")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv for debug).")]
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
+    logging.basicConfig(level=level, format="slip-etl %(levelname)s %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _options(cfg: PipelineConfig, category: str, source: str, out: Path, mirror: str | None,
+             allow_host: list[str] | None, progress: bool) -> RunOptions:
+    cfg.source(source)  # unknown source -> ConfigError naming the allowed ones
+    return RunOptions(
+        category=cfg.category_slug(category), source=source, out=out.resolve(), mirror=mirror,
+        allow_hosts=tuple(cfg.http.allow_hosts) + tuple(allow_host or ()), progress=progress,
+        image_url_rewrite=tuple(cfg.images.url_rewrite.items()),
+    )
+
+
+def _run(targets: list[str], force: list[str], category: str, source: str, out: Path, config: Path | None,
+         overrides: list[str] | None, mirror: str | None, allow_host: list[str] | None, progress: bool,
+         verbose: int) -> tuple[dict, RunOptions]:
+    """Run stages with the source reachable; return the records and the resolved options."""
+    from etl.source import open_source
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(config, overrides)
+        opts = _options(cfg, category, source, out, mirror, allow_host, progress)
+        with open_source(cfg, opts) as live:
+            return run_stages(targets, STAGES, cfg, live, force=force), opts
+    except (ConfigError, StageError) as exc:
+        typer.echo(f"slip-etl: error: {exc}", err=True)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+
+
+@app.command()
+def build(
+    category: CategoryOpt = "electronics",
+    source: SourceOpt = "amazon-2023",
+    out: OutOpt = Path("out"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    mirror: MirrorOpt = None,
+    allow_host: AllowHostOpt = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage (repeatable).")] = None,
+    progress: ProgressOpt = True,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run every stage (skipping finished ones); the last stdout line is the release folder."""
+    stages = available_stages()
+    records, opts = _run(stages, force or [], category, source, out, config, set_, mirror, allow_host, progress,
+                         verbose)
+    release = records.get("release")
+    typer.echo(release["stats"]["release_dir"] if release else str(opts.work_dir))
+
+
+def _stage_command(name: str) -> None:
+    def command(
+        category: CategoryOpt = "electronics",
+        source: SourceOpt = "amazon-2023",
+        out: OutOpt = Path("out"),
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        mirror: MirrorOpt = None,
+        allow_host: AllowHostOpt = None,
+        force: Annotated[bool, typer.Option("--force", help="Redo this stage even if it is done.")] = False,
+        progress: ProgressOpt = True,
+        verbose: VerboseOpt = 0,
+    ) -> None:
+        records, opts = _run([name], [name] if force else [], category, source, out, config, set_, mirror,
+                             allow_host, progress, verbose)
+        typer.echo(records[name]["stats"]["release_dir"] if name == "release" else str(opts.work_dir / name))
+
+    command.__doc__ = STAGES[name].help + " Runs the finished stages it needs first (skipped when done)."
+    app.command(name=name)(command)
+
+
+for _name in STAGES:
+    _stage_command(_name)
+
+
+@app.command()
+def stats(
+    path: Annotated[Optional[Path], typer.Argument(help="A release folder or dataset root (default: from options).")] = None,
+    category: CategoryOpt = "electronics",
+    source: SourceOpt = "amazon-2023",
+    out: OutOpt = Path("out"),
+) -> None:
+    """Print a readable summary of a dataset's stage records or a release's stats."""
+    from etl.summary import print_summary
+
+    try:
+        print_summary(path if path is not None else out / f"{source}-{category}")
+    except FileNotFoundError as exc:
+        typer.echo(f"slip-etl: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def validate(
+    release: Annotated[Path, typer.Argument(help="The release folder to check.")],
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Check a release against its manifest and schemas; exit non-zero on any problem."""
+    from etl.validate import validate_release
+
+    _setup_logging(verbose)
+    problems = validate_release(release)
+    for p in problems:
+        typer.echo(f"PROBLEM {p}")
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) in {release}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK {release}")
+
+
+@app.command()
+def publish(
+    release: Annotated[Path, typer.Argument(help="The release folder to publish.")],
+    to: Annotated[str, typer.Option("--to", help="A folder, an fsspec URL, or hf://datasets/ORG/NAME.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")] = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Validate, then copy a release to a folder, any fsspec URL or the Hugging Face Hub."""
+    from etl.publish import PublishError, publish_release
+
+    _setup_logging(verbose)
+    try:
+        for line in publish_release(release, to, dry_run=dry_run):
+            typer.echo(line)
+    except PublishError as exc:
+        typer.echo(f"slip-etl: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def sample(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the sample catalog into (usable with --mirror).")],
+    category: CategoryOpt = "electronics",
+    products: Annotated[int, typer.Option(help="Products in the catalog.")] = 3000,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Write the embedded sample catalog (raw files + images) to a folder."""
+    from etl.sample import generate_catalog
+
+    cfg = load_config()
+    generate_catalog(dest, category=cfg.category_name(category, "sample"), seed=seed, n_products=products)
+    typer.echo(str(dest.resolve()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,283 @@
+"""The stage framework: fingerprints, skip-if-done, records, and the accounting invariant.
+
+A stage is a plain function `run(ctx) -> StageResult`. The framework decides whether it must run at all: its
+fingerprint hashes the stage's code version, the config slice it reads and its upstream stages' output hashes, so a
+second `build` with nothing changed does no work, and a change anywhere upstream re-runs exactly what depends on it.
+When a stage runs, its folder is kept if the fingerprint matches the partial state there (so fetch/images/shards
+resume) and wiped otherwise (a changed config never mixes with stale partial output).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from etl import atomic
+from etl.config import PipelineConfig
+
+log = logging.getLogger("slip_etl")
+
+FINGERPRINT_FILE = ".fingerprint"
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on (missing input, unreachable source, broken invariant); the message says what to do."""
+
+
+@dataclass
+class Counts:
+    """kept + rejected + filtered == input, for every stage (checked before its record is written)."""
+
+    input: int
+    kept: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
+
+    def check(self, stage: str) -> None:
+        total = self.kept + sum(self.rejected.values()) + sum(self.filtered.values())
+        if total != self.input:
+            raise StageError(
+                f"stage {stage}: accounting broken: input {self.input} != kept {self.kept} + rejected "
+                f"{sum(self.rejected.values())} + filtered {sum(self.filtered.values())}"
+            )
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, Path]
+    counts: Counts
+    stats: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a single invocation adds to the config: where, what, and transport details.
+
+    Transport details (mirror, image URL rewrites, allowed hosts) are deliberately *not* part of fingerprints:
+    the same bytes fetched from a mirror are the same input, and every fetched file is checked by sha256.
+    """
+
+    category: str
+    source: str
+    out: Path
+    mirror: str | None = None
+    allow_hosts: tuple[str, ...] = ()
+    image_url_rewrite: tuple[tuple[str, str], ...] = ()
+    progress: bool = True
+
+    @property
+    def dataset_root(self) -> Path:
+        return Path(self.out) / f"{self.source}-{self.category}"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.dataset_root / "work"
+
+
+@dataclass
+class StageContext:
+    name: str
+    cfg: PipelineConfig
+    opts: RunOptions
+    out_dir: Path
+    upstream: dict[str, dict[str, Any]]
+    log: logging.Logger = log
+
+    @property
+    def work_dir(self) -> Path:
+        return self.opts.work_dir
+
+    def input(self, stage: str, output: str) -> Path:
+        """Path of an upstream stage's output (as recorded when it finished)."""
+        try:
+            rel = self.upstream[stage]["outputs"][output]["path"]
+        except KeyError as exc:
+            raise StageError(f"stage {self.name}: upstream output {stage}.{output} is not available") from exc
+        return self.opts.dataset_root / rel
+
+    def upstream_stats(self, stage: str) -> dict[str, Any]:
+        return self.upstream[stage].get("stats", {})
+
+    def progress(self, total: int | None = None, desc: str | None = None, unit: str = "it", **kw: Any) -> tqdm:
+        """A progress bar on stderr (stdout is reserved for the paths scripts read)."""
+        return tqdm(total=total, desc=desc or self.name, unit=unit, disable=not self.opts.progress,
+                    dynamic_ncols=True, leave=False, **kw)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    version: str
+    run: Callable[[StageContext], StageResult]
+    needs: tuple[str, ...] = ()
+    config_sections: tuple[str, ...] = ()
+    fingerprint_extra: Callable[[PipelineConfig, RunOptions], dict[str, Any]] | None = None
+    help: str = ""
+
+
+def record_path(opts: RunOptions, stage: str) -> Path:
+    return opts.work_dir / "records" / f"{stage}.json"
+
+
+def load_record(opts: RunOptions, stage: str) -> dict[str, Any] | None:
+    path = record_path(opts, stage)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # an unreadable record means "not done"
+
+
+def fingerprint(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream: dict[str, dict[str, Any]]) -> str:
+    payload = {
+        "stage": spec.name,
+        "version": spec.version,
+        "category": opts.category,
+        "source": opts.source,
+        "config": {s: cfg.section(s) for s in spec.config_sections},
+        "extra": spec.fingerprint_extra(cfg, opts) if spec.fingerprint_extra else {},
+        "upstream": {
+            name: {"fingerprint": rec["fingerprint"],
+                   "outputs": {k: v["sha256"] for k, v in sorted(rec["outputs"].items())}}
+            for name, rec in sorted(upstream.items())
+        },
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def describe_output(root: Path, path: Path) -> dict[str, Any]:
+    """bytes + sha256 of a file, or of a folder (hash over its files' relative paths and hashes)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and atomic.TMP_MARK not in p.name
+                       and p.name != FINGERPRINT_FILE)
+        h = hashlib.sha256()
+        total = 0
+        for p in files:
+            digest, size = file_sha256(p)
+            total += size
+            h.update(f"{p.relative_to(path).as_posix()}\0{digest}\n".encode())
+        return {"path": path.relative_to(root).as_posix(), "bytes": total, "sha256": h.hexdigest(),
+                "files": len(files)}
+    digest, size = file_sha256(path)
+    return {"path": path.relative_to(root).as_posix(), "bytes": size, "sha256": digest}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def outputs_intact(root: Path, record: dict[str, Any]) -> bool:
+    """Cheap check that a finished stage's outputs are still there with the recorded sizes."""
+    for out in record.get("outputs", {}).values():
+        p = root / out["path"]
+        if not p.exists():
+            return False
+        if p.is_dir():
+            files = [f for f in p.rglob("*") if f.is_file() and atomic.TMP_MARK not in f.name
+                     and f.name != FINGERPRINT_FILE]
+            if len(files) != out.get("files", len(files)) or sum(f.stat().st_size for f in files) != out["bytes"]:
+                return False
+        elif p.stat().st_size != out["bytes"]:
+            return False
+    return True
+
+
+def resolve_order(targets: Iterable[str], stages: dict[str, StageSpec]) -> list[str]:
+    """Targets and everything they need, dependencies first."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name not in stages:
+            raise StageError(f"unknown stage {name!r}; stages: {', '.join(stages)}")
+        if name in chain:
+            raise StageError(f"stage dependency cycle: {' -> '.join(chain + (name,))}")
+        if name in seen:
+            return
+        for dep in stages[name].needs:
+            visit(dep, chain + (name,))
+        seen.add(name)
+        order.append(name)
+
+    for t in targets:
+        visit(t, ())
+    return order
+
+
+def run_stages(targets: Iterable[str], stages: dict[str, StageSpec], cfg: PipelineConfig, opts: RunOptions,
+               force: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Run `targets` and what they need; skip what is done; return every record by stage name."""
+    force = set(force)
+    unknown = force - set(stages)
+    if unknown:
+        raise StageError(f"--force names unknown stage(s) {sorted(unknown)}; stages: {', '.join(stages)}")
+    records: dict[str, dict[str, Any]] = {}
+    for name in resolve_order(targets, stages):
+        spec = stages[name]
+        upstream = {dep: records[dep] for dep in spec.needs}
+        fp = fingerprint(spec, cfg, opts, upstream)
+        previous = load_record(opts, name)
+        if (name not in force and previous is not None and previous.get("fingerprint") == fp
+                and outputs_intact(opts.dataset_root, previous)):
+            log.info("%-8s done already (fingerprint %s), skipped", name, fp[:12])
+            records[name] = previous
+            continue
+        records[name] = _run_one(spec, cfg, opts, upstream, fp, forced=name in force)
+    return records
+
+
+def _run_one(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream: dict[str, dict[str, Any]],
+             fp: str, forced: bool) -> dict[str, Any]:
+    out_dir = opts.work_dir / spec.name
+    marker = out_dir / FINGERPRINT_FILE
+    if out_dir.exists() and (forced or not marker.is_file() or marker.read_text().strip() != fp):
+        shutil.rmtree(out_dir)  # stale partial output from another config: never mix it in
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temps(out_dir)
+    marker.write_text(fp + "\n")
+    record_path(opts, spec.name).unlink(missing_ok=True)
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    log.info("%-8s running", spec.name)
+    ctx = StageContext(name=spec.name, cfg=cfg, opts=opts, out_dir=out_dir, upstream=upstream)
+    result = spec.run(ctx)
+    result.counts.check(spec.name)
+    duration = time.perf_counter() - t0
+    record = {
+        "stage": spec.name,
+        "version": spec.version,
+        "fingerprint": fp,
+        "config": {s: cfg.section(s) for s in spec.config_sections},
+        "inputs": {dep: {"fingerprint": rec["fingerprint"]} for dep, rec in upstream.items()},
+        "outputs": {k: describe_output(opts.dataset_root, p) for k, p in result.outputs.items()},
+        "counts": asdict(result.counts),
+        "stats": result.stats,
+        "provenance": result.provenance,
+        "duration_s": round(duration, 3),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic.write_json(record_path(opts, spec.name), record)
+    c = result.counts
+    log.info("%-8s done in %.1fs: input %d, kept %d, rejected %d, filtered %d", spec.name, duration, c.input,
+             c.kept, sum(c.rejected.values()), sum(c.filtered.values()))
+    return record

@@ -1,0 +1,137 @@
+"""The stage framework: skip when done, redo on change or --force, wipe stale partial output, accounting."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from etl import atomic
+from etl.config import load_config
+from etl.stage import (Counts, RunOptions, StageContext, StageError, StageResult, StageSpec, load_record,
+                       resolve_order, run_stages)
+
+CALLS: list[str] = []
+
+
+def _produce(ctx: StageContext) -> StageResult:
+    CALLS.append(ctx.name)
+    out = ctx.out_dir / "a.txt"
+    atomic.write_text(out, f"{ctx.name}:{ctx.cfg.edges.min_weight}\n")
+    return StageResult({"a": out}, Counts(input=3, kept=2, rejected={"bad": 1}))
+
+
+def _consume(ctx: StageContext) -> StageResult:
+    CALLS.append(ctx.name)
+    text = ctx.input("up", "a").read_text()
+    out = ctx.out_dir / "b.txt"
+    atomic.write_text(out, text.upper())
+    # partial state a resumable stage would keep between runs
+    (ctx.out_dir / "partial.txt").write_text("x")
+    return StageResult({"b": out}, Counts(input=2, kept=1, filtered={"small": 1}))
+
+
+STAGES = {
+    "up": StageSpec("up", "1", _produce, (), ("edges",)),
+    "down": StageSpec("down", "1", _consume, ("up",), ()),
+}
+
+
+@pytest.fixture()
+def env(tmp_path: Path):
+    CALLS.clear()
+    return load_config(), RunOptions(category="electronics", source="sample", out=tmp_path, progress=False)
+
+
+def test_second_run_does_no_work(env):
+    cfg, opts = env
+    first = run_stages(["down"], STAGES, cfg, opts)
+    assert CALLS == ["up", "down"]
+    second = run_stages(["down"], STAGES, cfg, opts)
+    assert CALLS == ["up", "down"], "a second run must not execute any stage"
+    assert first["down"]["fingerprint"] == second["down"]["fingerprint"]
+    assert (opts.work_dir / "down" / "b.txt").read_text() == "UP:2\n"
+
+
+def test_config_change_reruns_dependents_and_wipes_stale_output(env):
+    cfg, opts = env
+    run_stages(["down"], STAGES, cfg, opts)
+    stale = opts.work_dir / "up" / "stale.bin"
+    stale.write_text("left over")
+    cfg2 = load_config(overrides=["edges.min_weight=5"])
+    run_stages(["down"], STAGES, cfg2, opts)
+    assert CALLS == ["up", "down", "up", "down"]
+    assert not stale.exists()
+    assert (opts.work_dir / "down" / "b.txt").read_text() == "UP:5\n"
+
+
+def test_unrelated_config_change_skips(env):
+    cfg, opts = env
+    run_stages(["down"], STAGES, cfg, opts)
+    run_stages(["down"], STAGES, load_config(overrides=["images.concurrency=3"]), opts)
+    assert CALLS == ["up", "down"]
+
+
+def test_force_redoes_only_that_stage_when_output_identical(env):
+    cfg, opts = env
+    run_stages(["down"], STAGES, cfg, opts)
+    run_stages(["down"], STAGES, cfg, opts, force=["up"])
+    # `up` rewrote identical bytes, so `down`'s fingerprint is unchanged and it is skipped
+    assert CALLS == ["up", "down", "up"]
+
+
+def test_missing_output_reruns(env):
+    cfg, opts = env
+    run_stages(["down"], STAGES, cfg, opts)
+    (opts.work_dir / "down" / "b.txt").unlink()
+    run_stages(["down"], STAGES, cfg, opts)
+    assert CALLS == ["up", "down", "down"]
+
+
+def test_record_contents(env):
+    cfg, opts = env
+    run_stages(["down"], STAGES, cfg, opts)
+    rec = load_record(opts, "up")
+    assert rec["counts"] == {"input": 3, "kept": 2, "rejected": {"bad": 1}, "filtered": {}}
+    assert rec["config"]["edges"]["min_weight"] == 2
+    assert rec["outputs"]["a"]["path"] == "work/up/a.txt"
+    assert len(rec["outputs"]["a"]["sha256"]) == 64
+    assert json.loads((opts.work_dir / "records" / "down.json").read_text())["counts"]["filtered"] == {"small": 1}
+
+
+def test_broken_accounting_is_refused(env):
+    cfg, opts = env
+
+    def bad(ctx: StageContext) -> StageResult:
+        return StageResult({}, Counts(input=5, kept=2, rejected={"x": 1}))
+
+    with pytest.raises(StageError, match="accounting broken"):
+        run_stages(["bad"], {"bad": StageSpec("bad", "1", bad)}, cfg, opts)
+    assert load_record(opts, "bad") is None
+
+
+def test_failed_stage_leaves_no_record(env):
+    cfg, opts = env
+
+    def boom(ctx: StageContext) -> StageResult:
+        raise StageError("input missing")
+
+    with pytest.raises(StageError):
+        run_stages(["boom"], {"boom": StageSpec("boom", "1", boom)}, cfg, opts)
+    assert load_record(opts, "boom") is None
+
+
+def test_order_and_unknown_stage():
+    assert resolve_order(["down"], STAGES) == ["up", "down"]
+    with pytest.raises(StageError, match="unknown stage"):
+        resolve_order(["nope"], STAGES)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
+    target = tmp_path / "x.bin"
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_open(target) as fh:
+            fh.write(b"partial")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
