@@ -1,0 +1,189 @@
+"""A loopback static file server for the sample, so fetch and image stages run against real HTTP.
+
+It serves files only (GET, HEAD), with single-range requests (the fetch stage resumes downloads), keep-alive
+(the image crawler reuses connections), no directory listings and no way out of the root. It lives for one
+``with`` block and closes its open connections on exit, so no thread outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+CONTENT_TYPES = {
+    ".gz": "application/gzip",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".txt": "text/plain; charset=utf-8",
+}
+CHUNK = 64 * 1024
+IDLE_TIMEOUT_S = 30  # an idle keep-alive connection is closed after this long
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded server that remembers its open connections, so closing it can end them."""
+
+    daemon_threads = False  # only non-daemon handler threads are tracked, and so joined by server_close()
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], root: Path, family: socket.AddressFamily) -> None:
+        self.address_family = family
+        self.root = root
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """Clients that hang up mid-transfer are normal here (interrupted downloads); stay quiet."""
+
+    def close_connections(self) -> None:
+        with self._lock:
+            for connection in self._open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "slip-sample"
+    timeout = IDLE_TIMEOUT_S
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._serve(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(send_body=False)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args) -> None:
+        """Quiet: tests and the pipeline have their own logs."""
+
+    def _serve(self, send_body: bool) -> None:
+        path = self._resolve()
+        if path is None:
+            self._reply_status(HTTPStatus.NOT_FOUND, send_body)
+            return
+        size = path.stat().st_size
+        byte_range = _parse_range(self.headers.get("Range"), size)
+        if byte_range == "unsatisfiable":
+            self._reply_status(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, send_body,
+                               {"Content-Range": f"bytes */{size}"})
+            return
+        start, end = byte_range if byte_range else (0, size - 1)
+        self.send_response(HTTPStatus.PARTIAL_CONTENT if byte_range else HTTPStatus.OK)
+        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        if byte_range:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
+        self.end_headers()
+        if send_body:
+            with path.open("rb") as source:
+                source.seek(start)
+                _copy(source, self.wfile, end - start + 1)
+
+    def _resolve(self) -> Path | None:
+        """The regular file the request names inside the root, or None (missing, a folder, or outside)."""
+        raw = unquote(urlsplit(self.path).path)
+        parts = [part for part in raw.split("/") if part]
+        if "\x00" in raw or "\\" in raw or any(part in (".", "..") for part in parts):
+            return None
+        root = self.server.root
+        candidate = root.joinpath(*parts).resolve() if parts else root
+        if not candidate.is_relative_to(root) or not candidate.is_file():
+            return None
+        return candidate
+
+    def _reply_status(self, status: HTTPStatus, send_body: bool, headers: dict[str, str] | None = None) -> None:
+        """A short plain-text reply with a Content-Length, so the connection stays usable (keep-alive)."""
+        body = f"{status.value} {status.phrase}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """Inclusive (start, end) for a satisfiable single range, "unsatisfiable", or None to serve it all.
+
+    Malformed and multi-range headers are ignored (the full file is sent), as RFC 9110 allows.
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":  # suffix range: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, end
+
+
+def _copy(source, sink, length: int) -> None:
+    while length > 0:
+        chunk = source.read(min(CHUNK, length))
+        if not chunk:
+            return
+        sink.write(chunk)
+        length -= len(chunk)
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``root`` over HTTP on a free port of ``host`` for the ``with`` block; yields the base URL.
+
+    The base URL ends with "/" (``http://127.0.0.1:PORT/``); a file's URL is the base + its relative path.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"cannot serve {root}: not a folder")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = _Server((host, 0), root, family)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"sample-server-{server.server_address[1]}", daemon=True)
+    thread.start()
+    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
+    try:
+        yield f"http://{shown_host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        thread.join()
