@@ -91,6 +91,7 @@ class StageContext:
     opts: RunOptions
     out_dir: Path
     upstream: dict[str, dict[str, Any]]
+    forced: bool = False
     log: logging.Logger = log
 
     @property
@@ -258,7 +259,7 @@ def _run_one(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream: d
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     log.info("%-8s running", spec.name)
-    ctx = StageContext(name=spec.name, cfg=cfg, opts=opts, out_dir=out_dir, upstream=upstream)
+    ctx = StageContext(name=spec.name, cfg=cfg, opts=opts, out_dir=out_dir, upstream=upstream, forced=forced)
     result = spec.run(ctx)
     result.counts.check(spec.name)
     duration = time.perf_counter() - t0

@@ -1,0 +1,178 @@
+"""The release's dataset card (README.md with Hugging Face YAML front matter) and its plots.
+
+The front matter is what the Hub indexes (license, task ids, size, which files are which table); the body is what a
+person reads before downloading: how the data was made, how to load it, and the statistics as tables.
+Plots are drawn with matplotlib's Agg canvas (`Figure`, no pyplot state), so they work headless and in threads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+
+from etl import atomic
+
+# Valid Hugging Face task ids (https://huggingface.co/tasks); text-to-image and graph-ml: the graph is a first-class
+# part of the release (neighbours for SLIP's structural loss).
+TASK_CATEGORIES = ["image-to-text", "text-to-image", "zero-shot-image-classification", "graph-ml"]
+TAGS = ["webdataset", "multimodal", "product-graph", "co-purchase", "amazon-reviews", "clip"]
+SIZE_BOUNDS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+               (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+PLOTS = {"degree": "plots/degree_distribution.png", "classes": "plots/class_histogram.png"}
+
+
+def size_category(n: int) -> str:
+    """The Hub's size bucket for n rows."""
+    for bound, name in SIZE_BOUNDS:
+        if n < bound:
+            return name
+    return "n>1B"
+
+
+def front_matter(pretty_name: str, license: str, n_nodes: int) -> dict[str, Any]:
+    return {
+        "pretty_name": pretty_name,
+        "license": license,
+        "task_categories": TASK_CATEGORIES,
+        "tags": TAGS,
+        "size_categories": [size_category(n_nodes)],
+        "configs": [{"config_name": name, "data_files": f"{name}.parquet"} for name in ("nodes", "edges",
+                                                                                        "reviews")],
+    }
+
+
+def render_card(*, name: str, version: str, license: str, license_note: str, stats: dict[str, Any]) -> str:
+    """README.md text: YAML front matter (yaml.safe_dump, so it always parses) + readable statistics."""
+    meta = yaml.safe_dump(front_matter(f"{name} {version}", license, stats["nodes"]), sort_keys=False,
+                          allow_unicode=True)
+    splits = stats["splits"]
+    lines = [
+        f"---\n{meta}---",
+        f"# {name} {version}",
+        "",
+        f"A multimodal product graph built from Amazon product metadata ({stats['source']}, category "
+        f"`{stats['category']}`): one node per product (title, features, category path, image), co-purchase edges "
+        f"between products, up to K reviews per product, a class label and a train/val/test split per node, and "
+        f"WebDataset shards of (image, caption, metadata) samples written in graph-aware order (co-purchase "
+        f"neighbours in nearby positions) for CLIP/SLIP training.",
+        "",
+        "## Files",
+        "",
+        _table(["file", "what"], [
+            ["`nodes.parquet`", "kept products + `label`, `label_name`, `split`, `image_status`"],
+            ["`edges.parquet`", "undirected edges `src < dst`, `weight`, `kind`"],
+            ["`reviews.parquet`", "up to K cleaned reviews per product (`rank` 0 = first chosen)"],
+            ["`labels.json`", "class ids and names, the label level and the rule that chose it"],
+            ["`shards/{split}-NNNNNN.tar`", "WebDataset: `<key>.jpg`, `<key>.txt` (caption), `<key>.json`"],
+            ["`shards/sizes.json`", "samples per shard (read by open_clip)"],
+            ["`stats.json`", "every figure below, machine-readable"],
+            ["`manifest.json`", "bytes + sha256 of every file, schema versions, provenance, full config"],
+        ]),
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "import polars as pl, webdataset as wds",
+        'nodes = pl.read_parquet("nodes.parquet"); edges = pl.read_parquet("edges.parquet")',
+        'train = wds.WebDataset("shards/train-{000000..%06d}.tar").decode("pil").to_tuple("jpg", "txt", "json")'
+        % max(stats["shards"].get("train", {}).get("shards", 1) - 1, 0),
+        "```",
+        "",
+        "Check a downloaded copy with `slip-etl validate FOLDER` (hashes, schemas, shards, referential integrity).",
+        "",
+        "## Statistics",
+        "",
+        _table(["nodes", "edges", "mean degree", "median degree", "max degree", "isolated", "images ok"], [[
+            stats["nodes"], stats["edges"]["total"], stats["degree"]["mean"], stats["degree"]["median"],
+            stats["degree"]["max"], stats["degree"]["isolated"], f"{100 * stats['images']['success_rate']:.1f}%"]]),
+        "",
+        "### Splits and shards",
+        "",
+        _table(["split", "nodes", "shards", "samples"],
+               [[s, splits.get(s, 0), stats["shards"].get(s, {}).get("shards", 0),
+                 stats["shards"].get(s, {}).get("samples", 0)] for s in ("train", "val", "test")]),
+        "",
+        "### Pipeline accounting (input = kept + rejected + filtered)",
+        "",
+        _table(["stage", "input", "kept", "rejected", "filtered", "seconds"],
+               [[stage, c.get("input"), c.get("kept"), _reasons(c.get("rejected")), _reasons(c.get("filtered")),
+                 rec.get("duration_s")] for stage, rec in stats["stages"].items() if (c := rec.get("counts"))]),
+        "",
+        "### Image status",
+        "",
+        _table(["status", "nodes"], [[k, v] for k, v in stats["images"]["status_counts"].items()]),
+        "",
+        f"### Classes (level {stats['classes']['level']}; {stats['classes']['unlabeled']} nodes unlabeled = -1)",
+        "",
+        _table(["id", "name", "nodes"], [[c["id"], c["name"], c["count"]] for c in stats["classes"]["histogram"]]),
+        "",
+        f"![degree distribution]({PLOTS['degree']})",
+        f"![class histogram]({PLOTS['classes']})",
+        "",
+        "## License",
+        "",
+        f"`{license}`. {license_note}".strip(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _reasons(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return "0"
+    return f"{sum(counts.values())} (" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_plots(folder: Path, stats: dict[str, Any]) -> dict[str, Path]:
+    """plots/degree_distribution.png (log-log) and plots/class_histogram.png; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"degree": _degree_plot(folder / "degree_distribution.png", stats["degree"]),
+            "classes": _class_plot(folder / "class_histogram.png", stats["classes"])}
+
+
+def _degree_plot(path: Path, degree: dict[str, Any]) -> Path:
+    points = sorted((int(d), c) for d, c in degree["histogram"].items() if int(d) > 0)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    if points:
+        ax.loglog([d for d, _ in points], [c for _, c in points], "o", markersize=3)
+    else:
+        ax.text(0.5, 0.5, "no edges", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("degree (distinct neighbours)")
+    ax.set_ylabel("nodes")
+    ax.set_title(f"Degree distribution ({degree['isolated']} isolated nodes not shown)")
+    return _save(fig, path)
+
+
+def _class_plot(path: Path, classes: dict[str, Any]) -> Path:
+    hist = classes["histogram"]
+    fig = Figure(figsize=(max(6.0, 0.25 * len(hist) + 2), 4.5), dpi=100)
+    ax = fig.add_subplot()
+    ax.bar(range(len(hist)), [c["count"] for c in hist])
+    ax.set_xticks(range(len(hist)), [_short(str(c["name"])) for c in hist], rotation=75, fontsize=7)
+    ax.set_ylabel("nodes")
+    ax.set_title(f"Class histogram ({len(hist)} classes, {classes['unlabeled']} unlabeled)")
+    return _save(fig, path)
+
+
+def _short(name: str, width: int = 28) -> str:
+    """A class name for an axis tick: the most specific part of a category path, cut from the left if long."""
+    leaf = name.split(" > ")[-1]
+    return leaf if len(leaf) <= width else "…" + leaf[-(width - 1):]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    return path

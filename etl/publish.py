@@ -1,0 +1,145 @@
+"""`slip-etl publish`: copy a valid release to a local folder, any fsspec URL, or a Hugging Face Hub dataset repo.
+
+Only a release that passes `validate_release` is published. Files go up in manifest order with manifest.json last,
+so a destination holding a manifest holds the whole release; a destination that already holds a *different*
+release is refused (a version names one set of bytes). The Hub token comes from the environment (HF_TOKEN) and is
+never printed or logged; errors from the Hub are scrubbed of it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from etl.validate import validate_release
+
+HF_PATTERN = re.compile(r"^hf://datasets/([A-Za-z0-9][A-Za-z0-9._-]*)/([A-Za-z0-9][A-Za-z0-9._-]*)/?$")
+TOKEN_ENV = "HF_TOKEN"
+
+
+class PublishError(RuntimeError):
+    """The release cannot be published as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a release goes: kind `hf` (repo_id ORG/NAME), `fsspec` (a URL) or `local` (a folder path)."""
+
+    kind: str
+    target: str
+
+    def url_of(self, rel: str) -> str:
+        base = f"https://huggingface.co/datasets/{self.target}" if self.kind == "hf" else self.target
+        return f"{base.rstrip('/')}/{rel}"
+
+
+def parse_destination(dest: str) -> Destination:
+    """hf://datasets/ORG/NAME -> the Hub; PROTOCOL://... -> fsspec; anything else -> a local folder."""
+    if dest.startswith("hf://"):
+        match = HF_PATTERN.match(dest)
+        if not match:
+            raise PublishError(f"{dest!r}: a Hugging Face destination must be hf://datasets/ORG/NAME")
+        return Destination("hf", f"{match.group(1)}/{match.group(2)}")
+    if "://" in dest:
+        protocol = dest.split("://", 1)[0]
+        if protocol not in fsspec.available_protocols():
+            raise PublishError(f"{dest!r}: unknown fsspec protocol {protocol!r}")
+        return Destination("fsspec", dest)
+    if not dest.strip():
+        raise PublishError("the destination is empty")
+    return Destination("local", str(Path(dest).expanduser().resolve()))
+
+
+def publish_release(release: Path, dest: str, dry_run: bool = False) -> Iterator[str]:
+    """Validate `release` and parse `dest` now (PublishError on refusal); the returned iterator does the upload
+    (or, with dry_run, only lists it) and yields one line per step."""
+    release = Path(release)
+    problems = validate_release(release)
+    if problems:
+        shown = "\n  ".join(problems[:30])
+        more = f"\n  ... {len(problems) - 30} more" if len(problems) > 30 else ""
+        raise PublishError(f"{release} is not a valid release ({len(problems)} problem(s)); fix or rebuild it "
+                           f"(slip-etl validate {release}):\n  {shown}{more}")
+    destination = parse_destination(dest)
+    manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
+    files = [(rel, meta["bytes"]) for rel, meta in sorted(manifest["files"].items())]
+    files.append(("manifest.json", (release / "manifest.json").stat().st_size))
+    token = os.environ.get(TOKEN_ENV) or None
+    if dry_run:
+        return _dry_run(destination, files, token is not None)
+    if destination.kind == "hf":
+        if token is None:
+            raise PublishError(f"{TOKEN_ENV} is not set: create a write token at "
+                               f"https://huggingface.co/settings/tokens and export {TOKEN_ENV}=... (it is read "
+                               f"from the environment only, never from the command line)")
+        return _to_hub(release, destination, manifest, files, token)
+    return _to_filesystem(release, destination, files)
+
+
+def _dry_run(destination: Destination, files: list[tuple[str, int]], has_token: bool) -> Iterator[str]:
+    for rel, size in files:
+        yield f"would upload {rel} ({size} bytes) -> {destination.url_of(rel)}"
+    if destination.kind == "hf":
+        yield (f"{TOKEN_ENV} is {'set' if has_token else 'NOT set (a real run would stop)'}; the repo would be "
+               f"created if missing and the release tagged with its version")
+    yield (f"dry run: {len(files)} files, {sum(s for _, s in files)} bytes would go to "
+           f"{destination.url_of('').rstrip('/')}; nothing was uploaded")
+
+
+def _to_filesystem(release: Path, destination: Destination, files: list[tuple[str, int]]) -> Iterator[str]:
+    if destination.kind == "local":
+        fs, root = fsspec.filesystem("file"), destination.target
+    else:
+        fs, root = fsspec.core.url_to_fs(destination.target)
+    root = root.rstrip("/")
+    _refuse_other_release(fs, f"{root}/manifest.json", (release / "manifest.json").read_bytes(),
+                          destination.target)
+    for rel, size in files:
+        remote = f"{root}/{rel}"
+        parent = remote.rsplit("/", 1)[0]
+        fs.makedirs(parent, exist_ok=True)
+        fs.put_file(str(release / rel), remote)
+        if fs.size(remote) != size:
+            raise PublishError(f"{destination.url_of(rel)}: {fs.size(remote)} bytes after upload, expected {size}")
+        yield f"uploaded {rel} ({size} bytes) -> {destination.url_of(rel)}"
+    yield f"published {len(files)} files ({sum(s for _, s in files)} bytes) to {destination.target}"
+
+
+def _refuse_other_release(fs: Any, manifest_path: str, ours: bytes, shown: str) -> None:
+    if not fs.exists(manifest_path):
+        return
+    with fs.open(manifest_path, "rb") as fh:
+        theirs = fh.read()
+    if theirs != ours:
+        try:
+            other = json.loads(theirs)
+            what = f"{other.get('name')} {other.get('version')}"
+        except (json.JSONDecodeError, AttributeError):
+            what = "an unreadable manifest"
+        raise PublishError(f"{shown} already holds a different release ({what}); publish to another destination")
+
+
+def _to_hub(release: Path, destination: Destination, manifest: dict[str, Any], files: list[tuple[str, int]],
+            token: str) -> Iterator[str]:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id, version = destination.target, manifest["version"]
+    try:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        yield f"dataset repo {repo_id} ready"
+        api.upload_folder(repo_id=repo_id, folder_path=str(release), repo_type="dataset",
+                          commit_message=f"{manifest['name']} {version}")
+        yield (f"uploaded {len(files)} files ({sum(s for _, s in files)} bytes) to "
+               f"{destination.url_of('').rstrip('/')}")
+        api.create_tag(repo_id, tag=version, repo_type="dataset", exist_ok=True)
+        yield f"tagged {repo_id} with {version}"
+    except Exception as exc:  # noqa: BLE001 - every Hub/network failure becomes one clear refusal
+        message = str(exc).replace(token, "***")
+        raise PublishError(f"Hugging Face Hub ({repo_id}): {type(exc).__name__}: {message}") from None

@@ -1,0 +1,250 @@
+"""Stage `release`: assemble a versioned, self-describing release folder and publish it into place only if valid.
+
+The folder (`releases/<release.version>/`) is built under a temporary name beside its final place, checked with
+`validate_release` (the same check users run), and only then renamed into place, so a release folder that exists
+under its final name is complete and valid. Shard tars are hard-linked from work/shards (copied across file
+systems). An existing release of the same version is replaced only if it was built from exactly the same inputs
+and config (same stage fingerprint) or the stage was forced; anything else is refused, because a version must
+name one set of bytes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+import schemas
+from etl import atomic, card
+from etl.shards import PLAN_TABLE, SIZES_FILE
+from etl.stage import FINGERPRINT_FILE, Counts, StageContext, StageError, StageResult, file_sha256
+from etl.stages import STAGES
+from etl.validate import validate_release
+
+MISSING_STATUS = "missing"  # a kept node the images stage left without a result
+UNUSABLE_STATUS = "unusable"  # status ok, but the shards stage found no usable JPEG (see its record)
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.cfg.release
+    final = ctx.opts.dataset_root / "releases" / cfg.version
+    fingerprint = (ctx.out_dir / FINGERPRINT_FILE).read_text().strip()
+    # `--force release` may replace a different release of the same version; the framework does not tell stages
+    # yet whether they were forced (StageContext.forced is requested from the framework's owner).
+    _check_replaceable(final, fingerprint, forced=ctx.forced)
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.version}{atomic.TMP_MARK}", dir=final.parent))
+    try:
+        nodes = _write_contents(ctx, tmp)
+        stats = build_stats(ctx, tmp, nodes)
+        atomic.write_json(tmp / "stats.json", stats)
+        card.write_plots(tmp / "plots", stats)
+        name = cfg.name.format(category=ctx.opts.category)
+        atomic.write_text(tmp / "README.md", card.render_card(name=name, version=cfg.version, license=cfg.license,
+                                                              license_note=cfg.license_note, stats=stats))
+        write_manifest(tmp, build_manifest(ctx, tmp, name, fingerprint))
+        problems = validate_release(tmp)
+        if problems:
+            shown = "\n  ".join(problems[:20])
+            raise StageError(f"the assembled release failed validation ({len(problems)} problem(s)); nothing was "
+                             f"published to {final}:\n  {shown}")
+        _move_into_place(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return StageResult(outputs={"release": final}, counts=Counts(input=nodes.height, kept=nodes.height),
+                       stats={"release_dir": str(final.resolve()), "version": cfg.version, "name": name,
+                              "nodes": nodes.height, "files": len(json.loads(
+                                  (final / "manifest.json").read_text(encoding="utf-8"))["files"])},
+                       provenance={"fingerprint": fingerprint})
+
+
+def _check_replaceable(final: Path, fingerprint: str, forced: bool) -> None:
+    if not final.exists() or forced:
+        return
+    try:
+        manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))
+        previous = manifest["provenance"]["fingerprints"]["release"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        previous = None
+    if previous != fingerprint:
+        raise StageError(f"{final} already holds a different release of version {final.name}; a version must name "
+                         f"one set of bytes: bump release.version (e.g. --set release.version=...), delete that "
+                         f"folder, or rerun with --force release")
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder onto its final name (an old identical build is swapped out, then deleted)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}{atomic.TMP_MARK}old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- contents ---------------------------------------------------------------------------------------------------
+
+
+def _write_contents(ctx: StageContext, dest: Path) -> pl.DataFrame:
+    """nodes/edges/reviews tables, labels.json and shards/ into `dest`; returns the release node table."""
+    nodes = release_nodes(ctx)
+    atomic.write_parquet(dest / "nodes.parquet", schemas.conform(nodes.to_arrow(), "release_nodes"))
+    for name, (stage, output) in {"edges.parquet": ("edges", "edges"),
+                                  "reviews.parquet": ("reviews", "reviews")}.items():
+        schema = name.removesuffix(".parquet")
+        try:
+            table = schemas.conform(pq.read_table(ctx.input(stage, output)), schema)
+        except (ValueError, TypeError) as exc:  # missing column or an uncastable type upstream
+            raise StageError(f"the {stage} stage's {output} table does not match schema {schema!r} ({exc}); "
+                             f"rerun it (slip-etl {stage} --force)") from None
+        atomic.write_parquet(dest / name, table)
+    shutil.copyfile(ctx.input("labels", "labels"), dest / "labels.json")
+    shards_src = ctx.input("shards", "shards")
+    (dest / "shards").mkdir()
+    for tar in sorted(shards_src.glob("*.tar")):
+        link_or_copy(tar, dest / "shards" / tar.name)
+    shutil.copyfile(shards_src / SIZES_FILE, dest / "shards" / SIZES_FILE)
+    return nodes
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (no extra space; tars are immutable once written), or copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def release_nodes(ctx: StageContext) -> pl.DataFrame:
+    """Kept nodes joined with label, label_name, split and image_status (`ok` = the node is in a shard)."""
+    kept = (pl.read_parquet(ctx.input("edges", "node_filter"), columns=["node_id", "kept"])
+            .filter(pl.col("kept")).select("node_id"))
+    nodes = pl.read_parquet(ctx.input("nodes", "nodes"))
+    labels = pl.read_parquet(ctx.input("labels", "node_labels"), columns=["node_id", "label", "label_name", "split"])
+    status = pl.read_parquet(ctx.input("images", "status"), columns=["node_id", "status"])
+    sharded = (pl.read_parquet(ctx.input("shards", "shards").parent / PLAN_TABLE, columns=["node_id"])
+               .with_columns(pl.lit(True).alias("in_shard")))
+    table = (kept.join(nodes, on="node_id", how="left").join(labels, on="node_id", how="left")
+             .join(status, on="node_id", how="left").join(sharded, on="node_id", how="left"))
+    for column, stage in (("asin", "nodes"), ("split", "labels")):
+        missing = table.filter(pl.col(column).is_null()).height
+        if missing:
+            raise StageError(f"{missing} kept node(s) have no row in the {stage} stage's table; rerun it "
+                             f"(slip-etl {stage} --force)")
+    image_status = (pl.when(pl.col("in_shard")).then(pl.lit("ok"))
+                    .when(pl.col("status").is_null()).then(pl.lit(MISSING_STATUS))
+                    .when(pl.col("status") == "ok").then(pl.lit(UNUSABLE_STATUS))
+                    .otherwise(pl.col("status")))
+    return table.with_columns(image_status.alias("image_status")).drop("status", "in_shard").sort("node_id")
+
+
+# --- stats ------------------------------------------------------------------------------------------------------
+
+
+def build_stats(ctx: StageContext, folder: Path, nodes: pl.DataFrame) -> dict[str, Any]:
+    """stats.json: per-stage accounting and timings, graph, image, class, split and shard figures."""
+    edges = pq.read_table(folder / "edges.parquet", columns=["src", "dst", "kind"])
+    reviews = pq.read_table(folder / "reviews.parquet", columns=["node_id"])
+    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    sizes = json.loads((folder / "shards" / SIZES_FILE).read_text(encoding="utf-8"))
+    stages = {name: {"counts": rec.get("counts"), "duration_s": rec.get("duration_s"), "stats": rec.get("stats")}
+              for name, rec in ctx.upstream.items()}
+    status_counts = Counter(nodes["image_status"].to_list())
+    label_counts = Counter(nodes["label"].to_list())
+    shard_splits: dict[str, dict[str, int]] = {}
+    for shard, n in sorted(sizes.items()):
+        entry = shard_splits.setdefault(shard.split("-")[0], {"shards": 0, "samples": 0})
+        entry["shards"] += 1
+        entry["samples"] += n
+    return {
+        "name": ctx.cfg.release.name.format(category=ctx.opts.category),
+        "version": ctx.cfg.release.version,
+        "source": ctx.opts.source,
+        "category": ctx.cfg.category_name(ctx.opts.category, ctx.opts.source),
+        "nodes": nodes.height,
+        "edges": {"total": edges.num_rows,
+                  "by_kind": dict(sorted(Counter(edges.column("kind").to_pylist()).items()))},
+        "degree": degree_stats(nodes["node_id"].to_numpy(), edges.column("src").to_numpy(),
+                               edges.column("dst").to_numpy()),
+        "images": {"status_counts": dict(sorted(status_counts.items())),
+                   "success_rate": round(status_counts.get("ok", 0) / max(nodes.height, 1), 4)},
+        "classes": {"level": labels.get("level"), "n_classes": len(labels.get("classes", [])),
+                    "histogram": [{"id": c["id"], "name": c["name"], "count": label_counts.get(c["id"], 0)}
+                                  for c in labels.get("classes", [])],
+                    "unlabeled": label_counts.get(-1, 0)},
+        "splits": dict(sorted(Counter(nodes["split"].to_list()).items())),
+        "shards": shard_splits,
+        "reviews": {"rows": reviews.num_rows,
+                    "products_with_reviews": len(np.unique(reviews.column("node_id").to_numpy()))},
+        "stages": stages,
+        "timings_s": {name: rec.get("duration_s") for name, rec in ctx.upstream.items()},
+    }
+
+
+def degree_stats(node_ids: np.ndarray, src: np.ndarray, dst: np.ndarray) -> dict[str, Any]:
+    """Degree (distinct neighbours over all edge kinds) per node: summary and full histogram {degree: nodes}."""
+    ids = np.asarray(node_ids, dtype=np.int64)
+    if len(ids) == 0:
+        return {"mean": 0.0, "median": 0.0, "max": 0, "isolated": 0, "histogram": {}}
+    top = int(max(ids.max(), src.max() if len(src) else 0, dst.max() if len(dst) else 0)) + 1
+    a = np.minimum(src, dst).astype(np.int64)
+    b = np.maximum(src, dst).astype(np.int64)
+    key = np.unique(a * top + b)
+    degree = np.bincount(np.concatenate([key // top, key % top]), minlength=top)[ids]
+    values, counts = np.unique(degree, return_counts=True)
+    return {"mean": round(float(degree.mean()), 3), "median": float(np.median(degree)), "max": int(degree.max()),
+            "isolated": int((degree == 0).sum()),
+            "histogram": {str(int(v)): int(c) for v, c in zip(values, counts)}}
+
+
+# --- manifest ---------------------------------------------------------------------------------------------------
+
+
+def build_manifest(ctx: StageContext, folder: Path, name: str, fingerprint: str) -> dict[str, Any]:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == "manifest.json":
+            continue
+        digest, size = file_sha256(path)
+        files[rel] = {"bytes": size, "sha256": digest}
+    fingerprints = {stage: rec.get("fingerprint") for stage, rec in ctx.upstream.items()}
+    fingerprints["release"] = fingerprint
+    return {
+        "name": name,
+        "version": ctx.cfg.release.version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "schema_versions": schemas.schema_versions(),
+        "files": files,
+        "provenance": {
+            "source": ctx.opts.source,
+            "category": ctx.cfg.category_name(ctx.opts.category, ctx.opts.source),
+            "raw": raw_files(ctx.upstream.get("fetch", {})),
+            "config": ctx.cfg.model_dump(mode="json"),
+            "fingerprints": {s: fingerprints[s] for s in [*STAGES, "release"] if s in fingerprints},
+            "stage_versions": {s: STAGES[s].version for s in STAGES},
+        },
+    }
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic.write_json(folder / "manifest.json", manifest)
+
+
+def raw_files(fetch_record: dict[str, Any]) -> list[dict[str, Any]]:
+    """[{url, path, bytes, sha256}] of the raw source files, from the fetch record (provenance, else stats)."""
+    raw = fetch_record.get("provenance", {}).get("raw")
+    if not raw:
+        raw = list(fetch_record.get("stats", {}).get("files", {}).values())
+    return [{k: item.get(k) for k in ("url", "path", "bytes", "sha256")} for item in raw]

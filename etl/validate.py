@@ -1,0 +1,306 @@
+"""`slip-etl validate`: everything a consumer of a release relies on, checked from the folder alone.
+
+Checks: the manifest lists every file with its bytes and sha256 (and nothing else is there); every table matches
+its schema; every shard is a complete tar whose samples have exactly a jpg, txt and json member, valid sample JSON
+and a JPEG that PIL opens and verifies and that ends with its end-of-image marker (a full decode of every image
+would take far longer than everything else); sizes.json matches the tars; referential integrity (edge endpoints
+and review products are nodes, every node with image_status ok is in exactly one shard of its own split, no key
+twice, labels.json names the node table's classes). The result is a list of readable problem lines, empty when
+the release is valid; each kind of problem is listed at most MAX_PER_KIND times, then counted, so a badly broken
+release stays readable.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+import schemas
+from etl.stage import file_sha256
+
+MAX_PER_KIND = 20
+TABLES = {"nodes.parquet": "release_nodes", "edges.parquet": "edges", "reviews.parquet": "reviews"}
+SHARD_NAME = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
+MEMBERS = ("jpg", "txt", "json")
+
+
+class _Problems:
+    """Problem lines, capped per kind."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(self, kind: str, line: str) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= MAX_PER_KIND:
+            self.lines.append(line)
+
+    def result(self) -> list[str]:
+        extra = [f"... and {n - MAX_PER_KIND} more problem(s) of kind {kind!r}"
+                 for kind, n in self.counts.items() if n > MAX_PER_KIND]
+        return self.lines + extra
+
+
+def validate_release(path: Path) -> list[str]:
+    """Every way the release folder at `path` is broken, as readable lines (empty list = valid)."""
+    root = Path(path)
+    problems = _Problems()
+    if not root.is_dir():
+        return [f"{root}: not a folder"]
+    manifest = _load_json(root / "manifest.json", problems)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        if manifest is not None:
+            problems.add("manifest", "manifest.json: no 'files' mapping")
+        return problems.result()
+    _check_files(root, manifest["files"], problems)
+    tables = {name: _read_table(root / name, schema, problems) for name, schema in TABLES.items()}
+    nodes = tables["nodes.parquet"]
+    if nodes is not None:
+        _check_edges(tables["edges.parquet"], nodes, problems)
+        _check_reviews(tables["reviews.parquet"], nodes, problems)
+        _check_labels(root, nodes, problems)
+    samples = _check_shards(root, problems)
+    if nodes is not None and samples is not None:
+        _check_shard_coverage(nodes, samples, problems)
+    return problems.result()
+
+
+def _load_json(path: Path, problems: _Problems) -> Any:
+    if not path.is_file():
+        problems.add("missing", f"{path.name}: missing")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.add("json", f"{path.name}: not valid JSON ({exc})")
+        return None
+
+
+def _check_files(root: Path, files: dict[str, Any], problems: _Problems) -> None:
+    for rel, meta in sorted(files.items()):
+        p = root / rel
+        if not p.is_file():
+            problems.add("missing", f"{rel}: listed in the manifest but missing")
+            continue
+        size = p.stat().st_size
+        if size != meta.get("bytes"):
+            problems.add("bytes", f"{rel}: size mismatch (manifest {meta.get('bytes')} bytes, file {size} bytes)")
+            continue
+        digest, _ = file_sha256(p)
+        if digest != meta.get("sha256"):
+            problems.add("sha256", f"{rel}: sha256 mismatch (manifest {str(meta.get('sha256'))[:12]}…, "
+                                   f"file {digest[:12]}…)")
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != "manifest.json" and rel not in files:
+            problems.add("unlisted", f"{rel}: not listed in the manifest")
+
+
+def _read_table(path: Path, schema: str, problems: _Problems) -> pa.Table | None:
+    if not path.is_file():
+        return None  # already reported as missing when the manifest lists it
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable table is one problem line
+        problems.add("table", f"{path.name}: unreadable Parquet ({exc})")
+        return None
+    found = schemas.validate_table(table, schema)
+    for line in found:
+        problems.add("schema", f"{path.name}: {line}")
+    return None if any("missing column" in line for line in found) else table
+
+
+def _node_ids(nodes: pa.Table) -> np.ndarray:
+    return nodes.column("node_id").to_numpy(zero_copy_only=False)
+
+
+def _check_edges(edges: pa.Table | None, nodes: pa.Table, problems: _Problems) -> None:
+    if edges is None:
+        return
+    ids = _node_ids(nodes)
+    src = edges.column("src").to_numpy(zero_copy_only=False)
+    dst = edges.column("dst").to_numpy(zero_copy_only=False)
+    for end, values in (("src", src), ("dst", dst)):
+        dangling = values[~np.isin(values, ids)]
+        for v in np.unique(dangling)[:MAX_PER_KIND]:
+            problems.add("dangling", f"edges.parquet: {end} {int(v)} is not a node")
+        if len(np.unique(dangling)) > MAX_PER_KIND:
+            problems.add("dangling", f"edges.parquet: {len(dangling)} rows with a dangling {end}")
+    not_ordered = int((src >= dst).sum())
+    if not_ordered:
+        problems.add("edge_order", f"edges.parquet: {not_ordered} edge(s) without src < dst (self loops or "
+                                   f"reversed)")
+
+
+def _check_reviews(reviews: pa.Table | None, nodes: pa.Table, problems: _Problems) -> None:
+    if reviews is None:
+        return
+    rid = reviews.column("node_id").to_numpy(zero_copy_only=False)
+    unknown = np.unique(rid[~np.isin(rid, _node_ids(nodes))])
+    if len(unknown):
+        problems.add("dangling", f"reviews.parquet: {len(unknown)} node_id(s) that are not nodes, e.g. "
+                                 f"{unknown[:5].tolist()}")
+
+
+def _check_labels(root: Path, nodes: pa.Table, problems: _Problems) -> None:
+    labels = _load_json(root / "labels.json", problems)
+    if labels is None:
+        return
+    classes = labels.get("classes") if isinstance(labels, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(c, dict) and "id" in c and "name" in c for c in classes):
+        problems.add("labels", "labels.json: 'classes' must be a list of {id, name, count}")
+        return
+    names = {int(c["id"]): c["name"] for c in classes}
+    used: dict[int, set[Any]] = defaultdict(set)
+    for label, name in zip(nodes.column("label").to_pylist(), nodes.column("label_name").to_pylist()):
+        if label is not None and label >= 0:
+            used[label].add(name)
+    for label in sorted(set(used) - set(names)):
+        problems.add("labels", f"nodes.parquet: label {label} is not a class in labels.json")
+    for label in sorted(set(names) - set(used)):
+        problems.add("labels", f"labels.json: class {label} ({names[label]!r}) has no node")
+    for label in sorted(set(used) & set(names)):
+        if used[label] != {names[label]}:
+            problems.add("labels", f"nodes.parquet: label {label} is named {sorted(map(str, used[label]))}, "
+                                   f"labels.json says {names[label]!r}")
+
+
+def _check_shards(root: Path, problems: _Problems) -> dict[int, list[tuple[str, str]]] | None:
+    """Read every shard; returns node_id -> [(shard, split)] for the samples found (None without shards/)."""
+    folder = root / "shards"
+    if not folder.is_dir():
+        problems.add("missing", "shards/: missing")
+        return None
+    sizes = _load_json(folder / "sizes.json", problems)
+    sizes = sizes if isinstance(sizes, dict) else {}
+    tars = sorted(p.name for p in folder.glob("*.tar"))
+    for name in sorted(set(sizes) - set(tars)):
+        problems.add("sizes", f"shards/sizes.json: lists {name}, which is missing")
+    samples: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for name in tars:
+        match = SHARD_NAME.match(name)
+        if not match:
+            problems.add("shard_name", f"shards/{name}: name is not {{train|val|test}}-NNNNNN.tar")
+            continue
+        found = _check_tar(folder / name, match.group(1), problems)
+        if found is None:
+            continue
+        for node_id in found:
+            samples[node_id].append((name, match.group(1)))
+        if name not in sizes:
+            problems.add("sizes", f"shards/sizes.json: {name} is not listed")
+        elif sizes[name] != len(found):
+            problems.add("sizes", f"shards/sizes.json: {name} has {len(found)} samples, sizes.json says "
+                                  f"{sizes[name]}")
+    return samples
+
+
+def _check_tar(path: Path, split: str, problems: _Problems) -> list[int] | None:
+    """node_ids of the complete samples of one shard, in order; None when the tar cannot be read."""
+    rel = f"shards/{path.name}"
+    size = path.stat().st_size
+    if size % tarfile.BLOCKSIZE:
+        problems.add("truncated", f"{rel}: truncated ({size} bytes is not a whole number of 512-byte blocks)")
+        return None
+    members: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                data = tar.extractfile(info).read() if info.isfile() else b""
+                if not info.isfile() or len(data) != info.size:
+                    problems.add("truncated", f"{rel}: member {info.name} is incomplete or not a file")
+                    return None
+                key, dot, ext = info.name.rpartition(".")
+                if not dot or "." in key or "/" in key or ext not in MEMBERS:
+                    problems.add("member", f"{rel}: unexpected member {info.name!r}")
+                    continue
+                if key not in members:
+                    members[key] = {}
+                    order.append(key)
+                if ext in members[key]:
+                    problems.add("member", f"{rel}: {info.name} appears twice")
+                members[key][ext] = data
+            end = tar.offset
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        problems.add("truncated", f"{rel}: truncated or unreadable tar ({exc})")
+        return None
+    if size - end < 2 * tarfile.BLOCKSIZE:
+        problems.add("truncated", f"{rel}: truncated (no end-of-archive blocks)")
+        return None
+    found = []
+    for key in order:
+        node_id = _check_sample(rel, key, members[key], split, problems)
+        if node_id is not None:
+            found.append(node_id)
+    return found
+
+
+def _check_sample(rel: str, key: str, members: dict[str, bytes], split: str, problems: _Problems) -> int | None:
+    missing = [ext for ext in MEMBERS if ext not in members]
+    if missing:
+        problems.add("incomplete", f"{rel}: sample {key} lacks {', '.join('.' + m for m in missing)}")
+        return None
+    try:
+        meta = json.loads(members["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.add("sample_json", f"{rel}: {key}.json is not valid JSON ({exc})")
+        return None
+    bad = schemas.validate_record(meta, "shard_sample")
+    for line in bad:
+        problems.add("sample_json", f"{rel}: {key}.json: {line}")
+    if bad:
+        return None
+    if key != f"{meta['node_id']:010d}":
+        problems.add("sample_json", f"{rel}: key {key} does not match node_id {meta['node_id']}")
+    if meta["split"] != split:
+        problems.add("split", f"{rel}: sample {key} has split {meta['split']!r} in a {split} shard")
+    try:
+        text = members["txt"].decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if not text or not text.strip():
+        problems.add("caption", f"{rel}: {key}.txt is empty or not UTF-8")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(members["jpg"])) as img:
+                if img.format != "JPEG":
+                    raise ValueError(f"format {img.format}")
+                img.verify()
+            if not members["jpg"].endswith(b"\xff\xd9"):
+                raise ValueError("no end-of-image marker (truncated)")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad images
+        problems.add("jpeg", f"{rel}: {key}.jpg is not a decodable JPEG ({exc})")
+    return int(meta["node_id"])
+
+
+def _check_shard_coverage(nodes: pa.Table, samples: dict[int, list[tuple[str, str]]], problems: _Problems) -> None:
+    split_of = dict(zip(nodes.column("node_id").to_pylist(), nodes.column("split").to_pylist()))
+    ok = {n for n, s in zip(nodes.column("node_id").to_pylist(), nodes.column("image_status").to_pylist())
+          if s == "ok"}
+    for node_id, places in sorted(samples.items()):
+        if len(places) > 1:
+            problems.add("duplicate", f"shards: key {node_id:010d} appears {len(places)} times "
+                                      f"({', '.join(p for p, _ in places)})")
+        if node_id not in split_of:
+            problems.add("orphan", f"shards/{places[0][0]}: sample {node_id:010d} is not a node")
+            continue
+        if node_id not in ok:
+            problems.add("orphan", f"shards/{places[0][0]}: sample {node_id:010d} has image_status other than ok")
+        for shard, split in places:
+            if split != split_of[node_id]:
+                problems.add("split", f"shards/{shard}: node {node_id} is in split {split_of[node_id]!r}")
+    for node_id in sorted(ok - set(samples)):
+        problems.add("coverage", f"nodes.parquet: node {node_id} has image_status ok but is in no shard")
