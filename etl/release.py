@@ -37,8 +37,7 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg.release
     final = ctx.opts.dataset_root / "releases" / cfg.version
     fingerprint = (ctx.out_dir / FINGERPRINT_FILE).read_text().strip()
-    # `--force release` may replace a different release of the same version; the framework does not tell stages
-    # yet whether they were forced (StageContext.forced is requested from the framework's owner).
+    # `--force release` may replace a different release of the same version.
     _check_replaceable(final, fingerprint, forced=ctx.forced)
 
     final.parent.mkdir(parents=True, exist_ok=True)
