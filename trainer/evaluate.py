@@ -1,0 +1,488 @@
+"""`slip-eval`: score a run on one split of a release, encoder-only and (SLIP runs) graph-aware.
+
+What the numbers mean:
+- Evaluated set: every valid sample of `REL/shards/{split}-*.tar` in shard order (the first --max-samples);
+  bad samples are skipped and counted by reason with trainer.data's own reader stages.
+- Retrieval pairs each product's image with its caption. Products with the very same caption string are
+  interchangeable (identical text embeddings would otherwise tie and rank by chance), so any of them is a hit.
+- Zero-shot: class names from `REL/labels.json`, prompts from trainer.prompts; label -1 is left out.
+- Few-shot: the probe is trained on a seeded subsample (--fewshot-pool) of the train split's labelled products.
+- Link prediction: every evaluated product with >= 2 linkable neighbours (neighbours with an image) gets one
+  incident edge held out (seeded, at most once per edge); each end of a held-out edge is a query ranking the
+  other end against --lp-negatives sampled non-neighbours from the same pool (evaluated products + held-out
+  partners). Encoder-only and graph-aware scores use the same edges and the same negatives.
+- Graph-aware (keys `graph_*`, SLIP runs only): the run's GATs refine each product's image and caption
+  embeddings over the product graph as in training: each product picks its top --max-neighbors neighbours
+  (weight desc, id asc; default: the run's max_neighbors) among the encoded products, the picks are
+  symmetrised. The encoded products are the evaluated, few-shot and link-prediction products plus their
+  picked neighbours, read from every split's shards; deeper hops of a multi-layer GAT see what of their
+  neighbourhood happens to be encoded. Encoder-only text embeddings of the prompts classify refined images.
+- No leakage: held-out edges are deleted from the graph before anything is refined or any neighbour is
+  picked, so no refinement (of the endpoints or of any other product) sees them; negatives are drawn
+  excluding every real edge, held-out ones included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+from torch_geometric.utils import k_hop_subgraph
+
+from trainer import metrics
+from trainer.batch_graph import CSRGraph
+from trainer.compare import GRAPH_PREFIX, format_value
+from trainer.compare import main as compare_main
+from trainer.config import TrainSetupError
+from trainer.data import decode_samples, resolve_shards, tar_samples
+from trainer.prompts import class_prompts
+from trainer.run_io import LoadedRun, atomic_write_json, load_run
+
+ALL_SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and encoding
+
+
+@dataclass
+class EncodedNodes:
+    """Embeddings of products read from shards, row-aligned."""
+
+    node_ids: np.ndarray  # int64 [N]
+    labels: np.ndarray  # int64 [N], -1 = no class
+    captions: list[str]
+    image_emb: Tensor  # [N, D], L2-normalised
+    text_emb: Tensor  # [N, D], L2-normalised
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    def concat(self, other: "EncodedNodes") -> "EncodedNodes":
+        return EncodedNodes(np.concatenate([self.node_ids, other.node_ids]),
+                            np.concatenate([self.labels, other.labels]), self.captions + other.captions,
+                            torch.cat([self.image_emb, other.image_emb]), torch.cat([self.text_emb, other.text_emb]))
+
+
+def _key_node_id(key: str) -> Optional[int]:
+    """node_id from a `{node_id:010d}` sample key, or None when the key is not of that form."""
+    name = key.rsplit("/", 1)[-1]
+    return int(name) if name.isdigit() else None
+
+
+def _select(raw: Iterable[dict], wanted: Optional[set[int]], skip_ids: set[int]) -> Iterator[dict]:
+    """Drop unwanted samples before their JPEG is decoded (the key names the product)."""
+    for sample in raw:
+        node_id = _key_node_id(sample["__key__"])
+        if node_id is not None and (node_id in skip_ids or (wanted is not None and node_id not in wanted)):
+            continue
+        yield sample
+
+
+def _record_labels(raw: Iterable[dict], labels_by_key: dict[str, Any]) -> Iterator[dict]:
+    """Pass samples through, remembering each `.json` member's label (decode_samples keeps only node_id)."""
+    for sample in raw:
+        try:
+            labels_by_key[sample["__key__"]] = json.loads(sample["json"]).get("label")
+        except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
+            pass  # decode_samples counts the bad or missing JSON
+        yield sample
+
+
+def _valid_label(value: Any, n_classes: int) -> Optional[int]:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if value == metrics.IGNORE_LABEL or 0 <= value < n_classes else None
+
+
+@torch.inference_mode()
+def encode_shards(run: LoadedRun, shards: list[str], n_classes: int, batch_size: int, device: str,
+                  skipped: Counter, wanted: Optional[set[int]] = None, skip_ids: frozenset[int] = frozenset(),
+                  limit: Optional[int] = None) -> EncodedNodes:
+    """Read, validate and encode samples: all of them, or only node ids in `wanted`, at most `limit`.
+
+    Bad samples are counted in `skipped` by reason (trainer.data's reasons, plus `bad_label` and
+    `duplicate_node` for a product met a second time); ids in `skip_ids` are silently passed over.
+    """
+    labels_by_key: dict[str, Any] = {}
+    raw = _record_labels(_select(tar_samples(shards, skipped), wanted, set(skip_ids)), labels_by_key)
+    node_ids: list[int] = []
+    labels: list[int] = []
+    captions: list[str] = []
+    image_chunks: list[Tensor] = []
+    text_chunks: list[Tensor] = []
+    pending: list[dict] = []
+    seen: set[int] = set()
+
+    def flush() -> None:
+        images = torch.stack([run.preprocess(s["image"]) for s in pending]).to(device)
+        tokens = run.tokenizer([s["caption"] for s in pending]).to(device)
+        image_chunks.append(run.model.encode_image(images).float().cpu())
+        text_chunks.append(run.model.encode_text(tokens).float().cpu())
+        pending.clear()
+
+    for sample in decode_samples(raw, skipped):
+        node_id = sample["node_id"]
+        if node_id in skip_ids or (wanted is not None and node_id not in wanted):
+            continue
+        if node_id in seen:
+            skipped["duplicate_node"] += 1
+            continue
+        label = _valid_label(labels_by_key.pop(sample["key"], None), n_classes)
+        if label is None:
+            skipped["bad_label"] += 1
+            continue
+        seen.add(node_id)
+        node_ids.append(node_id)
+        labels.append(label)
+        captions.append(sample["caption"])
+        pending.append(sample)
+        if len(pending) == batch_size:
+            flush()
+        if limit is not None and len(node_ids) >= limit:
+            break
+    if pending:
+        flush()
+    dim = run.model.embed_dim
+    return EncodedNodes(np.asarray(node_ids, np.int64), np.asarray(labels, np.int64), captions,
+                        torch.cat(image_chunks) if image_chunks else torch.empty(0, dim),
+                        torch.cat(text_chunks) if text_chunks else torch.empty(0, dim))
+
+
+@torch.inference_mode()
+def zeroshot_weights(run: LoadedRun, classnames: list[str], device: str) -> Tensor:
+    """[D, C] zero-shot classifier from the product prompts (CLIP_benchmark's template averaging)."""
+    prompts = class_prompts(classnames)
+    tokens = run.tokenizer([p for per_class in prompts for p in per_class]).to(device)
+    emb = run.model.encode_text(tokens).float().cpu()
+    return metrics.zeroshot_class_weights(emb.view(len(classnames), len(prompts[0]), -1))
+
+
+# ---------------------------------------------------------------------------------------------
+# release metadata
+
+
+def read_classnames(release: Path) -> list[str]:
+    """Class names by id from labels.json; ids must be exactly 0..C-1."""
+    path = release / "labels.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{release} has no labels.json")
+    classes = json.loads(path.read_text()).get("classes", [])
+    by_id = {int(c["id"]): str(c["name"]) for c in classes}
+    if sorted(by_id) != list(range(len(classes))):
+        raise ValueError(f"{path}: class ids must be 0..{len(classes) - 1}, got {sorted(by_id)[:10]}")
+    return [by_id[i] for i in range(len(classes))]
+
+
+def read_node_table(release: Path) -> dict[str, np.ndarray]:
+    """node_id, label, split and whether the product has an image (image_status ok; all when absent)."""
+    path = release / "nodes.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{release} has no nodes.parquet")
+    names = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in ("node_id", "label", "split", "image_status") if c in names])
+    node_id = table.column("node_id").to_numpy()
+    has_image = (np.asarray(table.column("image_status").to_pylist(), dtype=object) == "ok"
+                 if "image_status" in names else np.ones(len(node_id), bool))
+    return {"node_id": node_id, "label": table.column("label").to_numpy(),
+            "split": np.asarray(table.column("split").to_pylist(), dtype=object), "has_image": has_image}
+
+
+def sample_fewshot_pool(nodes: dict[str, np.ndarray], exclude: np.ndarray, size: int, seed: int) -> set[int]:
+    """Seeded subsample of labelled train-split products with an image, never an evaluated one."""
+    ok = (nodes["split"] == "train") & (nodes["label"] >= 0) & nodes["has_image"]
+    candidates = np.setdiff1d(nodes["node_id"][ok], exclude)
+    rng = np.random.default_rng(seed)
+    return set(rng.permutation(candidates)[:size].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# graph: held-out edges, refinement graph, neighbour picks
+
+
+def undirected_edges(graph: CSRGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, weight) with src < dst, one row per (merged) edge."""
+    rows = np.repeat(np.arange(graph.num_nodes), np.diff(graph.indptr))
+    once = rows < graph.indices
+    return rows[once], graph.indices[once], graph.weights[once]
+
+
+def choose_held_out_edges(graph: CSRGraph, eval_ids: np.ndarray, linkable: np.ndarray, seed: int) -> np.ndarray:
+    """[H, 2] (lo, hi) pairs: one seeded incident edge per evaluated product with >= 2 linkable neighbours.
+
+    Requiring two keeps every such product at least one neighbour for graph-aware refinement.
+    """
+    rng = np.random.default_rng(seed)
+    chosen: dict[tuple[int, int], None] = {}
+    for node in np.sort(eval_ids):
+        if node >= graph.num_nodes:
+            continue
+        neighbours = graph.neighbors(int(node))
+        neighbours = neighbours[linkable[neighbours]]
+        if len(neighbours) < 2:
+            continue
+        other = int(neighbours[rng.integers(len(neighbours))])
+        chosen.setdefault((min(int(node), other), max(int(node), other)))
+    return np.asarray(list(chosen), np.int64).reshape(-1, 2)
+
+
+def without_edges(graph: CSRGraph, pairs: np.ndarray, max_neighbors: Optional[int]) -> CSRGraph:
+    """The graph minus the (lo, hi) `pairs`, with the given neighbour cap."""
+    src, dst, weight = undirected_edges(graph)
+    n = graph.num_nodes
+    keep = ~np.isin(src * n + dst, pairs[:, 0] * n + pairs[:, 1])
+    return CSRGraph.from_edges(src[keep], dst[keep], weight[keep], num_nodes=n, max_neighbors=max_neighbors)
+
+
+def picked_neighbours(graph: CSRGraph, centres: Iterable[int], usable: np.ndarray, k: int) -> set[int]:
+    """Each centre's top-k usable neighbours (CSR rows are weight desc, id asc, as batch_edge_index picks)."""
+    picked: set[int] = set()
+    for node in centres:
+        if node < graph.num_nodes:
+            neighbours = graph.neighbors(int(node))
+            picked.update(neighbours[usable[neighbours]][:k].tolist())
+    return picked
+
+
+@torch.inference_mode()
+def refine(run: LoadedRun, emb: Tensor, edge_index: Tensor, edge_weight: Tensor, modality: str,
+           targets: Tensor, num_hops: int, chunk_size: int, device: str) -> Tensor:
+    """Graph-refined embeddings of `targets`, computed on each chunk's `num_hops`-hop subgraph.
+
+    A GAT layer reads only its node's in-neighbours, so an L-layer GAT's output on a target depends only
+    on its L-hop in-neighbourhood: chunking bounds memory without changing the result.
+    """
+    out = torch.empty(len(targets), emb.shape[1])
+    for start in range(0, len(targets), chunk_size):
+        chunk = targets[start:start + chunk_size]
+        subset, sub_edges, mapping, edge_mask = k_hop_subgraph(chunk, num_hops, edge_index, relabel_nodes=True,
+                                                               num_nodes=len(emb))
+        refined = run.model.graph_refine(emb[subset].to(device), sub_edges.to(device),
+                                         edge_weight[edge_mask].to(device), modality=modality)
+        out[start:start + len(chunk)] = refined[mapping].float().cpu()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+@dataclass
+class EvalSets:
+    """Row indices into the encoded table for every metric."""
+
+    eval_rows: np.ndarray
+    fewshot_rows: np.ndarray
+    lp_pool_rows: np.ndarray
+    lp_held_out: Tensor  # [2, H] rows
+    lp_known: Tensor  # [2, E] rows: every real edge among the encoded products
+
+
+def caption_positives(captions: list[str]) -> list[list[int]]:
+    """For each product, the products with the identical caption (itself included)."""
+    groups: dict[str, list[int]] = {}
+    for i, caption in enumerate(captions):
+        groups.setdefault(caption, []).append(i)
+    return [groups[c] for c in captions]
+
+
+def score(image: Tensor, text: Tensor, labels: np.ndarray, captions: list[str], sets: EvalSets,
+          class_weights: Optional[Tensor], n_classes: int, args: argparse.Namespace) -> dict[str, float]:
+    """Every metric on one embedding table (encoder-only or refined); classification and LP when possible."""
+    rows = torch.as_tensor(sets.eval_rows)
+    eval_labels = torch.as_tensor(labels[sets.eval_rows])
+    out = metrics.retrieval_metrics(image[rows], text[rows], caption_positives([captions[i] for i in sets.eval_rows]),
+                                    chunk_size=args.chunk_size)
+    if class_weights is not None and (eval_labels >= 0).any():
+        out.update(metrics.zeroshot_metrics(image[rows], class_weights, eval_labels))
+        if len(sets.fewshot_rows):
+            few = torch.as_tensor(sets.fewshot_rows)
+            out.update(metrics.fewshot_metrics(image[few], torch.as_tensor(labels[sets.fewshot_rows]), image[rows],
+                                               eval_labels, n_classes, seed=args.seed))
+    if sets.lp_held_out.shape[1]:
+        out.update(metrics.link_prediction_metrics(image, sets.lp_held_out, sets.lp_known,
+                                                   candidates=torch.as_tensor(sets.lp_pool_rows),
+                                                   n_negatives=args.lp_negatives, seed=args.seed))
+    return out
+
+
+def _rows_of(table_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of `ids` in the sorted `table_ids` (all must be present)."""
+    return np.searchsorted(table_ids, ids)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the whole protocol (see the module docstring) and return the flat result."""
+    release = Path(args.release)
+    run = load_run(Path(args.run), checkpoint=args.checkpoint, device=args.device)
+    classnames = read_classnames(release)
+    n_classes = len(classnames)
+    nodes = read_node_table(release)
+    skipped: Counter = Counter()
+    _log(f"encoding {args.split} split of {release} with {run.method} run {run.run_dir} (step {run.step})")
+    evaluated = encode_shards(run, resolve_shards(str(release), split=args.split), n_classes, args.batch_size,
+                              args.device, skipped, limit=args.max_samples)
+    if len(evaluated) == 0:
+        raise ValueError(f"no valid sample in the {args.split} split (skipped: {dict(skipped)})")
+
+    cfg = run.config
+    max_neighbors = args.max_neighbors or cfg.max_neighbors
+    full_graph = CSRGraph.from_parquet(release / "edges.parquet", kinds=cfg.edge_kinds)
+    size = max(full_graph.num_nodes, int(nodes["node_id"].max()) + 1, int(evaluated.node_ids.max()) + 1)
+    linkable = np.zeros(size, bool)
+    linkable[nodes["node_id"][nodes["has_image"]]] = True
+    linkable[evaluated.node_ids] = True
+    held_out = choose_held_out_edges(full_graph, evaluated.node_ids, linkable, args.seed)
+    refine_graph = without_edges(full_graph, held_out, max_neighbors)
+
+    fewshot_ids = (sample_fewshot_pool(nodes, evaluated.node_ids, args.fewshot_pool, args.seed)
+                   if n_classes else set())
+    centres = set(evaluated.node_ids.tolist()) | fewshot_ids | set(held_out.ravel().tolist())
+    wanted = set(centres)
+    if run.model.has_graph:
+        wanted |= picked_neighbours(refine_graph, centres, linkable, max_neighbors)
+    wanted -= set(evaluated.node_ids.tolist())
+    _log(f"encoding {len(wanted)} few-shot / link-prediction / neighbour products from all splits")
+    context = encode_shards(run, [s for split in ALL_SPLITS for s in _split_shards(release, split)], n_classes,
+                            args.batch_size, args.device, skipped, wanted=wanted,
+                            skip_ids=frozenset(evaluated.node_ids.tolist()))
+    encoded = evaluated.concat(context)
+    order = np.argsort(encoded.node_ids)
+    ids = encoded.node_ids[order]
+    image, text = encoded.image_emb[order], encoded.text_emb[order]
+    labels, captions = encoded.labels[order], [encoded.captions[i] for i in order]
+    present = set(ids.tolist())
+
+    found_held = np.asarray([p for p in held_out.tolist() if p[0] in present and p[1] in present],
+                            np.int64).reshape(-1, 2)
+    lp_pool = np.unique(np.concatenate([evaluated.node_ids, found_held.ravel()]))
+    known = dataclasses.replace(full_graph, max_neighbors=None).batch_edge_index(torch.as_tensor(ids))[0]
+    sets = EvalSets(eval_rows=_rows_of(ids, evaluated.node_ids),
+                    fewshot_rows=_rows_of(ids, np.asarray(sorted(fewshot_ids & present), np.int64)),
+                    lp_pool_rows=_rows_of(ids, lp_pool),
+                    lp_held_out=torch.as_tensor(_rows_of(ids, found_held).T.reshape(2, -1)),
+                    lp_known=known)
+    class_weights = zeroshot_weights(run, classnames, args.device) if n_classes else None
+
+    result: dict[str, Any] = {"method": run.method, "split": args.split, "step": run.step,
+                              "n_samples": len(evaluated), "skipped": sum(skipped.values()),
+                              **{f"skipped_{reason}": n for reason, n in sorted(skipped.items())},
+                              "lp_held_out_edges": int(found_held.shape[0]),
+                              "fewshot_pool": len(sets.fewshot_rows)}
+    _log("scoring encoder-only embeddings")
+    result.update(score(image, text, labels, captions, sets, class_weights, n_classes, args))
+    if run.model.has_graph:
+        edge_index, edge_weight = refine_graph.batch_edge_index(torch.as_tensor(ids))
+        targets = torch.as_tensor(_rows_of(ids, np.asarray(sorted(centres & present), np.int64)))
+        refined_image, refined_text = image.clone(), text.clone()
+        for modality, table in (("image", refined_image), ("text", refined_text)):
+            table[targets] = refine(run, table, edge_index, edge_weight, modality, targets, cfg.gat_layers,
+                                    args.graph_chunk, args.device)
+        _log(f"scoring graph-aware embeddings ({len(ids)} products, {edge_index.shape[1]} directed edges)")
+        graph_scores = score(refined_image, refined_text, labels, captions, sets, class_weights, n_classes, args)
+        result.update({f"{GRAPH_PREFIX}{k}": v for k, v in graph_scores.items()})
+        result[f"{GRAPH_PREFIX}context_products"] = len(ids)
+        result[f"{GRAPH_PREFIX}max_neighbors"] = max_neighbors
+    return result
+
+
+def _split_shards(release: Path, split: str) -> list[str]:
+    return sorted(str(p) for p in (release / "shards").glob(f"{split}-*.tar"))
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def json_safe(result: dict[str, Any]) -> dict[str, Any]:
+    """NaN (e.g. acc5 with fewer than 5 classes) becomes null: strict JSON has no NaN."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+
+
+INFO_KEYS = ("method", "split", "step", "n_samples", "skipped", "fewshot_pool", "lp_held_out_edges",
+             f"{GRAPH_PREFIX}context_products", f"{GRAPH_PREFIX}max_neighbors")
+
+
+def markdown_report(result: dict[str, Any], run_dir: Path, release: Path) -> str:
+    """Header facts, then one row per metric: encoder-only beside graph-aware (when the run has a graph)."""
+    lines = [f"# slip-eval: {run_dir.name}", "", f"- run: `{run_dir}`", f"- release: `{release}`"]
+    lines += [f"- {key}: {format_value(result[key])}" for key in INFO_KEYS if key in result]
+    lines += [f"- {key}: {value}" for key, value in result.items() if key.startswith("skipped_")]
+    metric_keys = [k for k in result if k not in INFO_KEYS and not k.startswith(("skipped", GRAPH_PREFIX))]
+    if any(GRAPH_PREFIX + key in result for key in metric_keys):
+        lines += ["", "| metric | encoder-only | graph-aware |", "| --- | ---: | ---: |"]
+        lines += [f"| {k} | {format_value(result[k])} | {format_value(result.get(GRAPH_PREFIX + k))} |"
+                  for k in metric_keys]
+    else:
+        lines += ["", "| metric | encoder-only |", "| --- | ---: |"]
+        lines += [f"| {k} | {format_value(result[k])} |" for k in metric_keys]
+    return "\n".join(lines) + "\n"
+
+
+def _log(message: str) -> None:
+    print(f"slip-eval: {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slip-eval", description="Evaluate a slip-train run on a release split (retrieval, zero-shot, "
+        "few-shot, link prediction; SLIP runs also graph-aware). `slip-eval compare RUN...` puts runs side by "
+        "side (see `slip-eval compare --help`).")
+    parser.add_argument("run", type=Path, help="Run folder written by slip-train.")
+    parser.add_argument("--release", type=Path, required=True, help="Release folder (shards/, edges.parquet, ...).")
+    parser.add_argument("--split", default="test", help="Split to evaluate (default: test).")
+    parser.add_argument("--json", type=Path, default=None, help="Output JSON (default: RUN/eval-SPLIT.json).")
+    parser.add_argument("--md", type=Path, default=None, help="Markdown table (default: the JSON path with .md).")
+    parser.add_argument("--batch-size", type=int, default=64, help="Encoding batch size.")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1, ...).")
+    parser.add_argument("--checkpoint", default="latest", help="'latest', a step number or a checkpoint path.")
+    parser.add_argument("--max-samples", type=int, default=None, help="Evaluate at most this many samples.")
+    parser.add_argument("--max-neighbors", type=int, default=None,
+                        help="Neighbours each product picks for graph-aware refinement (default: the run's).")
+    parser.add_argument("--fewshot-pool", type=int, default=1000, help="Train-split products for few-shot probes.")
+    parser.add_argument("--lp-negatives", type=int, default=100, help="Sampled negatives per link-prediction query.")
+    parser.add_argument("--seed", type=int, default=0, help="Seeds held-out edges, negatives, few-shot draws.")
+    parser.add_argument("--chunk-size", type=int, default=512, help="Retrieval queries scored at once.")
+    parser.add_argument("--graph-chunk", type=int, default=256, help="Products refined per GAT subgraph.")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`slip-eval RUN --release REL ...` or `slip-eval compare RUN... [--out DIR]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        return compare_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    for name in ("batch_size", "fewshot_pool", "lp_negatives", "chunk_size", "graph_chunk", "max_samples",
+                 "max_neighbors"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"slip-eval: error: --{name.replace('_', '-')} must be >= 1")
+    try:
+        result = evaluate(args)
+    except (FileNotFoundError, TrainSetupError, ValueError) as exc:
+        print(f"slip-eval: error: {exc}", file=sys.stderr)
+        return 2
+    json_path = args.json or args.run / f"eval-{args.split}.json"
+    md_path = args.md or json_path.with_suffix(".md")
+    atomic_write_json(json_path, json_safe(result))
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(markdown_report(result, args.run, args.release))
+    _log(f"wrote {md_path}")
+    print(json_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

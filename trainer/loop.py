@@ -1,0 +1,348 @@
+"""The training loop shared by --method slip and --method clip.
+
+One optimizer step = `accum` micro-batches. Each micro-batch: encoders -> (DDP: gather embeddings and node ids so
+the batch graph and the losses see the global batch) -> in-batch graph by CSR lookup -> GAT refinement -> losses.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
+
+from trainer.batch_graph import CSRGraph, batch_graph_stats
+from trainer.checkpoint import (capture_rng_state, export_open_clip, list_checkpoints, load_checkpoint,
+                                resolve_checkpoint, restore_rng_state, save_checkpoint)
+from trainer.config import TrainConfig, TrainSetupError
+from trainer.data import StreamSpec, TrainBatches, resolve_shards
+from trainer.losses import clip_loss, slip_total, structural_loss
+from trainer.model import SLIPModel, build_model, image_transforms, resolve_model_name, tokenizer_for
+from trainer.optim import build_optimizer, lr_at, set_lr
+from trainer.run_io import LOG_FILE, SUMMARY_FILE, TB_DIR, atomic_write_json, truncate_log, write_run_config
+
+log = logging.getLogger("slip-train")
+
+
+# ---- setup helpers ----------------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises torch.distributed under torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainSetupError(f"--device {name}: CUDA is not available")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: the GATs run on the gathered global batch, so their dropout masks must agree."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def all_gather_with_grad(t: Tensor) -> Tensor:
+    """Concatenate a tensor over ranks keeping the autograd path (so every rank's loss reaches every encoder)."""
+    import torch.distributed.nn.functional as dist_fn
+    return torch.cat(dist_fn.all_gather(t), dim=0)
+
+
+def all_gather_ids(t: Tensor) -> Tensor:
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+# ---- logging ----------------------------------------------------------------------------------------------------
+class RunLogger:
+    """log.jsonl (one line per logged step) + TensorBoard scalars; silent on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool, purge_step: Optional[int]):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self._jsonl = open(Path(run_dir) / LOG_FILE, "a")
+            self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                self._tb.add_scalar(f"train/{key}", value, record["step"])
+        for reason, count in record.get("skipped", {}).items():
+            self._tb.add_scalar(f"skipped/{reason}", count, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------------
+class Trainer:
+    """Holds the run's state; `run()` trains to cfg.steps and returns the summary."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.t_start = time.perf_counter()
+        self.cfg = cfg
+        self.rank, self.world, local_rank = init_distributed()
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.device, local_rank)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.run_dir = Path(cfg.out)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed)
+
+        # validate inputs before building anything heavy
+        self.model_name = resolve_model_name(cfg.model)
+        shards = resolve_shards(cfg.release, cfg.shards, cfg.split)
+        graph_path = cfg.graph_path()
+        self.graph: Optional[CSRGraph] = None
+        if graph_path is not None and (cfg.method == "slip" or graph_path.is_file()):
+            self.graph = CSRGraph.from_parquet(graph_path, kinds=cfg.edge_kinds, max_neighbors=cfg.max_neighbors)
+
+        self.model: SLIPModel = build_model(cfg, self.device)
+        train_tf, val_tf = image_transforms(self.model)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.step, self.samples_seen, consumed = 0, 0, 0
+        self.resumed_from: Optional[str] = None
+        rng_state = None
+        resume_path = self._resume_path()
+        if resume_path is None and list_checkpoints(self.run_dir):
+            raise TrainSetupError(f"{self.run_dir} already holds checkpoints: pass --resume latest to continue "
+                                  "that run, or choose another --out")
+        if resume_path is not None:
+            state = load_checkpoint(resume_path, map_location=self.device)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+            consumed = int(state["data"]["consumed_batches"])
+            rng_state = state["rng"]
+            self.resumed_from = str(resume_path)
+        self.data = TrainBatches(StreamSpec(
+            shards=shards, batch_size=cfg.batch_size, transform=train_tf if cfg.augment else val_tf,
+            tokenizer=tokenizer_for(self.model_name), seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+            shard_shuffle=cfg.shard_shuffle, augment=cfg.augment, rank=self.rank, world_size=self.world,
+            num_workers=max(cfg.workers, 1), consumed_batches=consumed),
+            workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        if resume_path is not None:
+            self._check_resumable(state)
+        if self.is_main:
+            write_run_config(self.run_dir, cfg, self.model_name, self.model)
+            if self.resumed_from is not None:
+                truncate_log(self.run_dir, self.step)
+            elif (self.run_dir / LOG_FILE).exists():
+                (self.run_dir / LOG_FILE).unlink()  # a fresh run in a folder without checkpoints: fresh log
+        self.batches = iter(self.data)
+        if rng_state is not None:
+            restore_rng_state(rng_state)  # after the loader started, exactly where the first run saved it
+
+        forward_module: torch.nn.Module = self.model
+        if self.world > 1:
+            forward_module = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward: Callable = torch.compile(forward_module) if cfg.compile else forward_module
+        self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.step + 1)
+        self.setup_s = time.perf_counter() - self.t_start
+
+    def _resume_path(self) -> Optional[Path]:
+        if self.cfg.resume is None:
+            return None
+        if self.cfg.resume == "latest":
+            try:
+                return resolve_checkpoint(self.run_dir, "latest")
+            except FileNotFoundError:
+                log.info("--resume latest: no checkpoint in %s yet, starting fresh", self.run_dir)
+                return None
+        try:
+            return resolve_checkpoint(self.run_dir, self.cfg.resume)
+        except FileNotFoundError as exc:
+            raise TrainSetupError(str(exc)) from None
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """The data position only means something with the same batch size and (effective) worker count."""
+        saved = state["data"]
+        if saved["batch_size"] != self.cfg.batch_size or saved["num_workers"] != self.data.spec.num_workers:
+            raise TrainSetupError(
+                f"resume needs the checkpoint's data layout: batch size {saved['batch_size']}, "
+                f"{saved['num_workers']} loader worker(s); this run has {self.cfg.batch_size}, "
+                f"{self.data.spec.num_workers} (set --batch-size/--workers accordingly)")
+        if state["config"]["method"] != self.cfg.method:
+            raise TrainSetupError(f"checkpoint was trained with --method {state['config']['method']}")
+
+    def _autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return nullcontext()
+
+    def _micro_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Forward + backward of one micro-batch; returns its loss terms and graph stats."""
+        cfg = self.cfg
+        images = batch["images"].to(self.device, non_blocking=True)
+        tokens = batch["tokens"].to(self.device, non_blocking=True)
+        node_ids = batch["node_ids"].to(self.device)
+        gather = None
+        if self.world > 1:
+            node_ids, gather = all_gather_ids(node_ids), all_gather_with_grad
+        stats: dict[str, float] = {}
+        edge_index = edge_weight = None
+        if self.graph is not None:
+            edge_index, edge_weight = self.graph.batch_edge_index(node_ids)
+            stats = batch_graph_stats(node_ids, edge_index)
+        use_gat_weight = cfg.gat_edge_weight and edge_weight is not None
+        with self._autocast():
+            out = self.forward(images, tokens, edge_index, edge_weight if use_gat_weight else None, gather)
+        loss_clip = clip_loss(out["image_emb"], out["text_emb"], out["logit_scale"], node_ids)
+        loss_struct = None
+        if self.model.has_graph:
+            loss_struct = structural_loss(
+                out["image_refined"], out["text_refined"], edge_index, out["struct_temperature"],
+                intra_modal=cfg.struct_intra_modal, edge_weight=edge_weight if cfg.struct_edge_weight else None,
+                no_neighbor=cfg.struct_no_neighbor)
+        loss = slip_total(loss_clip, loss_struct, cfg.lambda_struct)
+        self.scaler.scale(loss / cfg.accum).backward()
+        return {"loss": loss.item(), "loss_clip": loss_clip.item(), "node_ids": batch["node_ids"],
+                "loss_struct": None if loss_struct is None else loss_struct.item(), **stats}
+
+    def _optimizer_step(self) -> Optional[float]:
+        grad_norm = None
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.model.clamp_scales_()
+        return grad_norm
+
+    def _checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        save_checkpoint(self.run_dir, self.step, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "scheduler_step": self.step, "samples_seen": self.samples_seen,
+            "rng": capture_rng_state(), "data": self.data.position(),
+            "config": self.cfg.model_dump(mode="json")}, keep_last=self.cfg.keep_last)
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        first_step = self.step
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=None if self.is_main else True,
+                   desc=f"slip-train[{cfg.method}]", dynamic_ncols=True)
+        self.model.train()
+        t_train = time.perf_counter()
+        record: dict[str, Any] = {}
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            lr = lr_at(self.step, cfg)
+            set_lr(self.optimizer, lr)
+            self.optimizer.zero_grad(set_to_none=True)
+            data_time, parts = 0.0, []
+            for _ in range(cfg.accum):
+                t_data = time.perf_counter()
+                batch = next(self.batches)
+                data_time += time.perf_counter() - t_data
+                parts.append(self._micro_step(batch))
+            grad_norm = self._optimizer_step()
+            self.step += 1
+            step_samples = cfg.batch_size * cfg.accum * self.world
+            self.samples_seen += step_samples
+            batch_time = time.perf_counter() - t0
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                record = self._record(parts, lr, grad_norm, step_samples, data_time, batch_time)
+                self.logger.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            bar.update(1)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self._checkpoint()
+        bar.close()
+        train_s = time.perf_counter() - t_train
+        trained = (self.step - first_step) * cfg.batch_size * cfg.accum * self.world
+        summary = {
+            "method": cfg.method, "model": cfg.model, "steps": self.step, "samples": self.samples_seen,
+            "samples_this_process": trained, "train_time_s": train_s, "setup_time_s": self.setup_s,
+            "wall_time_s": time.perf_counter() - self.t_start,
+            "samples_per_s": trained / train_s if train_s > 0 else None,
+            "skipped": self.data.skipped(), "skipped_total": sum(self.data.skipped().values()),
+            "final": {k: record.get(k) for k in ("loss", "loss_clip", "loss_struct")},
+            "device": str(self.device), "precision": self.precision, "world_size": self.world,
+            "workers": self.data.workers, "resumed_from": self.resumed_from}
+        if self.is_main:
+            export_open_clip(self.model.clip, self.run_dir)
+            atomic_write_json(self.run_dir / SUMMARY_FILE, summary)
+        self.logger.close()
+        return summary
+
+    def _record(self, parts: list[dict[str, Any]], lr: float, grad_norm: Optional[float], step_samples: int,
+                data_time: float, batch_time: float) -> dict[str, Any]:
+        def mean(key: str) -> Optional[float]:
+            values = [p[key] for p in parts if p.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        temperature = self.model.struct_temperature()
+        skipped = self.data.skipped()
+        record = {
+            "step": self.step, "samples": self.samples_seen, "loss": mean("loss"), "loss_clip": mean("loss_clip"),
+            "loss_struct": mean("loss_struct"), "lr": lr, "grad_norm": grad_norm,
+            "logit_scale": self.model.logit_scale.exp().item(),
+            "struct_temperature": None if temperature is None else temperature.item(),
+            "samples_per_s": step_samples / batch_time, "data_time": data_time, "batch_time": batch_time,
+            "neighbor_frac": mean("neighbor_frac"), "edges_per_sample": mean("edges_per_sample"),
+            "duplicate_frac": mean("duplicate_frac"), "skipped": skipped, "skipped_total": sum(skipped.values()),
+            "data_digest": data_digest([p["node_ids"] for p in parts])}
+        if self.model.has_graph:
+            record["alpha_image"] = self.model.gat_image.alpha.item()
+            record["alpha_text"] = self.model.gat_text.alpha.item()
+        return record
+
+
+def data_digest(node_ids: list[Tensor]) -> str:
+    """Short hash of the step's node ids: makes 'same data order' (slip vs clip, resumed vs not) checkable in logs."""
+    digest = hashlib.blake2b(digest_size=8)
+    for ids in node_ids:
+        digest.update(ids.cpu().numpy().astype("<i8").tobytes())
+    return digest.hexdigest()
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train `cfg` to completion; returns the summary also written to RUN/summary.json."""
+    try:
+        return Trainer(cfg).run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
