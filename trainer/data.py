@@ -219,7 +219,7 @@ class StreamSpec:
     transform: Callable
     tokenizer: Callable
     seed: int = 0
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 256
     shard_shuffle: bool = True
     augment: bool = True
     rank: int = 0
