@@ -1,0 +1,223 @@
+"""Stage `images`: download, validate and resize the main image of every kept node, resumable per sample.
+
+Results go to append-only Parquet chunks (`chunks/part-NNNNNN.parquet`, each written atomically every
+`images.chunk_rows` results), so a killed run loses at most the results not yet in a chunk. A later chunk's row
+supersedes an earlier one for the same node. On start the stage reads the chunks, keeps every node whose latest
+status is final and fetches only the rest (never fetched, or failed with a retriable status). At the end
+`status.parquet` holds the resolved latest row per node (without the JPEG). The crawl itself is `etl.crawler`.
+
+A finished stage is skipped by the framework, so its retriable failures (still failing after `images.retries`)
+are retried by deleting `work/images/status.parquet` and running `slip-etl images` again (the chunks are kept:
+only those nodes are requested); `--force` starts the stage over. `attempts` counts across runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from etl import atomic
+from etl.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
+from etl.http import is_retriable, user_agent
+from etl.stage import Counts, StageContext, StageError, StageResult
+
+CHUNK_DIR = "chunks"
+CHUNK_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
+FINAL_STATUSES = frozenset({"ok", "not_image", "too_large", "decode_error", "blocked_url", "no_url",
+                            "robots_optout"})
+PROGRESS_EVERY = 64  # results between progress-bar postfix updates
+
+
+def chunk_schema() -> pa.Schema:
+    """The image_status schema with the `jpeg` column the chunks add (after `height`, as in the contract)."""
+    base = schemas.arrow_schema("image_status")
+    return base.insert(base.get_field_index("height") + 1, pa.field("jpeg", pa.large_binary(), nullable=True))
+
+
+def is_final(status: str, http_status: int | None) -> bool:
+    """A result worth keeping on resume; retriable ones (timeouts, connection errors, 429/5xx) are fetched again."""
+    if status == "http_error":
+        return http_status is None or not is_retriable(http_status)
+    return status in FINAL_STATUSES
+
+
+def chunk_paths(chunks_dir: Path) -> list[Path]:
+    """The chunk files in write order (temporary files of a killed write are not chunks)."""
+    if not chunks_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in chunks_dir.iterdir() if (m := CHUNK_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def read_latest(chunks_dir: Path) -> pl.DataFrame:
+    """The latest row per node over all chunks (image_status columns, no `jpeg`), in node_id order."""
+    names = schemas.arrow_schema("image_status").names
+    frames = []
+    for path in chunk_paths(chunks_dir):
+        try:
+            frames.append(pl.from_arrow(_read(path, names)))
+        except (OSError, pa.ArrowException) as exc:
+            raise StageError(f"image chunk {path} is unreadable ({exc}); delete it to refetch its images, or "
+                             f"rerun with --force to start the images stage over") from None
+    if not frames:
+        return pl.from_arrow(schemas.arrow_schema("image_status").empty_table())
+    return pl.concat(frames).unique(subset="node_id", keep="last", maintain_order=True).sort("node_id")
+
+
+def _read(path: Path, columns: list[str]) -> pa.Table:
+    """One chunk's columns (ParquetFile, not read_table: the dataset layer costs seconds to import)."""
+    with pq.ParquetFile(path) as chunk:
+        return chunk.read(columns=columns)
+
+
+def iter_ok_images(chunks_dir: Path) -> Iterator[tuple[int, bytes]]:
+    """(node_id, jpeg) for every node whose latest result is ok, one chunk in memory at a time (for `shards`)."""
+    paths = chunk_paths(chunks_dir)
+    ids = [_read(p, ["node_id"]).column("node_id").to_numpy() for p in paths]
+    latest = np.full(max((int(a.max()) for a in ids if len(a)), default=-1) + 1, -1, dtype=np.int64)
+    for index, chunk_ids in enumerate(ids):
+        latest[chunk_ids] = index  # later chunks overwrite earlier ones: the supersession rule
+    for index, path in enumerate(paths):
+        table = _read(path, ["node_id", "status", "jpeg"])
+        for node_id, status, jpeg in zip(table.column("node_id").to_pylist(), table.column("status").to_pylist(),
+                                         table.column("jpeg").to_pylist(), strict=True):
+            if latest[node_id] == index and status == "ok":
+                yield node_id, jpeg
+
+
+class ChunkWriter:
+    """Buffers results and writes each full buffer as the next chunk, atomically, in a thread off the event loop."""
+
+    def __init__(self, chunks_dir: Path, chunk_rows: int) -> None:
+        self.chunks_dir = chunks_dir
+        self.chunk_rows = chunk_rows
+        existing = chunk_paths(chunks_dir)
+        self.next_index = int(CHUNK_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
+        self.rows: list[CrawlResult] = []
+        self._write_lock = threading.Lock()  # chunks are written one at a time, in index order
+
+    async def add(self, result: CrawlResult) -> None:
+        self.rows.append(result)
+        if len(self.rows) >= self.chunk_rows:
+            rows, self.rows = self.rows, []
+            await asyncio.to_thread(self._write, rows)
+
+    def flush(self) -> None:
+        """Write what is buffered (end of the crawl, or an interrupted one: finished results are kept)."""
+        rows, self.rows = self.rows, []
+        if rows:
+            self._write(rows)
+
+    def _write(self, rows: list[CrawlResult]) -> None:
+        schema = chunk_schema()
+        table = pa.Table.from_pylist([{f.name: getattr(r, f.name) for f in schema} for r in rows], schema=schema)
+        other = [n for n in schema.names if n != "jpeg"]
+        with self._write_lock:
+            path = self.chunks_dir / f"part-{self.next_index:06d}.parquet"
+            self.next_index += 1
+            # JPEG bytes do not compress: store them plain and skip dictionaries/statistics for them.
+            atomic.write_parquet(path, table, compression={**dict.fromkeys(other, "zstd"), "jpeg": "none"},
+                                 use_dictionary=other, write_statistics=other)
+
+
+def kept_nodes(ctx: StageContext) -> pl.DataFrame:
+    """node_id, asin, image_url of every node the graph filters kept."""
+    nodes = pl.read_parquet(ctx.input("nodes", "nodes"), columns=["node_id", "asin", "image_url"])
+    node_filter = pl.read_parquet(ctx.input("edges", "node_filter"), columns=["node_id", "kept"])
+    kept_ids = node_filter.filter(pl.col("kept"))
+    joined = kept_ids.join(nodes, on="node_id", how="left")
+    missing = joined.filter(pl.col("asin").is_null()).height
+    if missing:
+        raise StageError(f"node_filter keeps {missing} node_id(s) that are not in the node table; "
+                         f"rerun the edges stage (slip-etl edges --force)")
+    return joined.select("node_id", "asin", "image_url").sort("node_id")
+
+
+def plan_jobs(nodes: pl.DataFrame, previous: pl.DataFrame) -> tuple[list[CrawlJob], int]:
+    """Jobs for the nodes without a final result; and how many nodes are already done."""
+    done: set[int] = set()
+    prior: dict[int, int] = {}
+    for node_id, status, http_status, attempts in previous.select(
+            "node_id", "status", "http_status", "attempts").iter_rows():
+        if is_final(status, http_status):
+            done.add(node_id)
+        else:
+            prior[node_id] = attempts
+    jobs = [CrawlJob(node_id, asin, url, prior.get(node_id, 0))
+            for node_id, asin, url in nodes.iter_rows() if node_id not in done]
+    return jobs, nodes.height - len(jobs)
+
+
+def run(ctx: StageContext) -> StageResult:
+    nodes = kept_nodes(ctx)
+    chunks_dir = ctx.out_dir / CHUNK_DIR
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temps(chunks_dir)
+    jobs, resumed = plan_jobs(nodes, read_latest(chunks_dir))
+    if resumed:
+        ctx.log.info("images: %d of %d nodes already have a final result; fetching %d", resumed, nodes.height,
+                     len(jobs))
+    crawl = _crawl(ctx, jobs, chunks_dir) if jobs else {}
+
+    status = read_latest(chunks_dir).filter(pl.col("node_id").is_in(nodes["node_id"].implode()))
+    if status.height != nodes.height:
+        raise StageError(f"images: {nodes.height - status.height} kept node(s) have no result after the crawl; "
+                         f"rerun the images stage")
+    status_path = ctx.out_dir / "status.parquet"
+    atomic.write_parquet(status_path, schemas.conform(status.to_arrow(), "image_status"))
+
+    counts = Counter(status["status"].to_list())
+    http_hist = Counter(str(c) for c in status["http_status"].to_list() if c is not None)
+    ok = counts.pop("ok", 0)
+    stats: dict[str, Any] = {
+        "status_counts": dict(sorted({**counts, "ok": ok}.items())),
+        "http_status": dict(sorted(http_hist.items())),
+        "success_rate": round(ok / nodes.height, 4) if nodes.height else 0.0,
+        "chunks": len(chunk_paths(chunks_dir)),
+        "resumed_final": resumed,
+        "this_run": crawl,
+    }
+    return StageResult(
+        outputs={"status": status_path, "chunks": chunks_dir},
+        counts=Counts(input=nodes.height, kept=ok, rejected=dict(sorted(counts.items()))),
+        stats=stats,
+        provenance={"user_agent": user_agent(ctx.cfg.http), "url_rewrite": [list(r) for r in
+                                                                             ctx.opts.image_url_rewrite]},
+    )
+
+
+def _crawl(ctx: StageContext, jobs: list[CrawlJob], chunks_dir: Path) -> dict[str, Any]:
+    """Run the crawler over `jobs`, streaming results into chunks; the buffer is kept even when interrupted."""
+    settings = CrawlSettings.from_config(ctx.cfg.images, ctx.cfg.http)
+    writer = ChunkWriter(chunks_dir, ctx.cfg.images.chunk_rows)
+    bar = ctx.progress(total=len(jobs), desc="images", unit="img")
+    done = Counter()
+
+    def on_progress(result: CrawlResult) -> None:
+        done["all"] += 1
+        done["ok"] += result.status == "ok"
+        bar.update(1)
+        if done["all"] % PROGRESS_EVERY == 0 or done["all"] == len(jobs):
+            bar.set_postfix(ok=f"{done['ok'] / done['all']:.1%}", refresh=False)
+
+    crawler = Crawler(settings, ctx.cfg.http, ctx.opts.allow_hosts, ctx.opts.image_url_rewrite, on_progress)
+    try:
+        stats = asyncio.run(crawler.run(jobs, writer.add))
+    finally:
+        writer.flush()
+        bar.close()
+    out = stats.as_dict()
+    out.update(workers=settings.workers, concurrency=settings.concurrency)
+    ctx.log.info("images: %d results in %.1fs (%.1f images/s, %d ok)", stats.results, stats.elapsed_s,
+                 out["images_per_s"], stats.status["ok"])
+    return out
