@@ -29,15 +29,12 @@ the first http(s) URL wins.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -47,12 +44,8 @@ import pyarrow.parquet as pq
 
 import schemas
 from etl import atomic, text
+from etl.rawio import inflated_chunks
 from etl.stage import Counts, StageContext, StageError, StageResult
-
-try:  # ISA-L inflates about twice as fast as zlib; zlib is the fallback.
-    from isal import igzip as _igzip
-except ImportError:  # pragma: no cover - depends on the environment
-    _igzip = None
 
 BATCH_BYTES = 64 << 20
 MAX_LINE_BYTES = 256 << 20      # a longer "line" is not a record: it is rejected as bad_json, not buffered
@@ -102,56 +95,12 @@ class LineBatch:
         return self.buf[self.starts[i]:self.ends[i]]
 
 
-def open_decompressed(path: Path) -> BinaryIO:
-    """The file's bytes, inflated when it is gzip (by magic number, not by name)."""
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    if not gz:
-        return open(path, "rb")
-    return _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
-
-
-def _read_ahead(path: Path, chunk_bytes: int, depth: int = 2) -> Iterator[bytes]:
-    """Decompressed chunks from a background thread (inflating overlaps parsing; the GIL is released)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            with open_decompressed(path) as fh:
-                while not stop.is_set():
-                    chunk = fh.read(chunk_bytes)
-                    q.put(chunk)
-                    if not chunk:
-                        return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            q.put(exc)
-
-    worker = threading.Thread(target=produce, name=f"inflate-{Path(path).name}", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if isinstance(item, BaseException):
-                raise StageError(f"cannot read {path}: {item} (re-fetch the file: `--force fetch`)") from item
-            if not item:
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
-
-
 def read_line_batches(path: Path, batch_bytes: int = BATCH_BYTES) -> Iterator[LineBatch]:
     """Stream `path` (gzip or plain) as batches of whole lines, about `batch_bytes` each."""
     tail = b""
     next_line_no = 1
     skipping: tuple[int, bytes] | None = None  # an oversized line being skipped: (line_no, prefix)
-    for chunk in _read_ahead(path, batch_bytes):
+    for chunk in inflated_chunks(path, batch_bytes):
         oversized: list[tuple[int, bytes]] = []
         if skipping is not None:
             nl = chunk.find(b"\n")

@@ -13,7 +13,7 @@ import pytest
 from harness import adopt_stage, load_config, make_opts, run
 
 import schemas
-from etl import nodes, text
+from etl import nodes, rawio, text
 from etl.sample import generate_catalog
 
 META_2023 = "amazon_2023/raw/meta_categories/meta_Electronics.jsonl.gz"
@@ -284,7 +284,7 @@ def test_reads_gzip_without_isal_and_plain_files(tmp_path: Path, monkeypatch: py
     lines = [record(f"B00000000{i}") for i in range(3)]
     gz = write_lines(tmp_path / "meta.jsonl.gz", lines)
     plain = write_lines(tmp_path / "meta.jsonl", lines, gz=False)
-    monkeypatch.setattr(nodes, "_igzip", None)  # zlib fallback when ISA-L is not installed
+    monkeypatch.setattr(rawio, "_igzip", None)  # zlib fallback when ISA-L is not installed
     for path in (gz, plain):
         batches = list(nodes.read_line_batches(path))
         assert [b.line(i).decode() for b in batches for i in range(len(b))] == lines

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job on the embedded sample, end to end on CPU in a few minutes:
+# build a validated release -> short CLIP and SLIP runs (same data order, steps, batch, lr) -> evaluate -> compare.
+set -euo pipefail
+OUT=${OUT:-out}
+STEPS=${STEPS:-60}
+BATCH=${BATCH:-64}
+
+REL=$(slip-etl build --category electronics --source sample --out "$OUT" | tail -n 1)
+slip-etl validate "$REL"
+slip-etl stats "$REL"
+
+for method in clip slip; do
+  run="$OUT/runs/$method"
+  slip-train --release "$REL" --method "$method" --model slip-tiny --batch-size "$BATCH" --workers 1 \
+    --steps "$STEPS" --seed 0 --out "$run"
+  slip-eval "$run" --release "$REL" --split test --json "$run/eval-test.json"
+done
+slip-eval compare "$OUT/runs/clip" "$OUT/runs/slip" --out "$OUT/compare"
+echo "release: $REL"
+echo "comparison: $OUT/compare"
