@@ -5,6 +5,7 @@ set -euo pipefail
 OUT=${OUT:-out}
 STEPS=${STEPS:-60}
 BATCH=${BATCH:-64}
+WARMUP=${WARMUP:-10}
 
 REL=$(slip-etl build --category electronics --source sample --out "$OUT" | tail -n 1)
 slip-etl validate "$REL"
@@ -13,7 +14,7 @@ slip-etl stats "$REL"
 for method in clip slip; do
   run="$OUT/runs/$method"
   slip-train --release "$REL" --method "$method" --model slip-tiny --batch-size "$BATCH" --workers 1 \
-    --steps "$STEPS" --seed 0 --out "$run"
+    --steps "$STEPS" --warmup "$WARMUP" --seed 0 --out "$run"
   slip-eval "$run" --release "$REL" --split test --json "$run/eval-test.json"
 done
 slip-eval compare "$OUT/runs/clip" "$OUT/runs/slip" --out "$OUT/compare"

@@ -341,6 +341,9 @@ def data_digest(node_ids: list[Tensor]) -> str:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train `cfg` to completion; returns the summary also written to RUN/summary.json."""
+    if cfg.warmup >= cfg.steps:
+        log.warning("warmup (%d steps) >= steps (%d): the LR never reaches its peak and never decays; "
+                    "pass e.g. --warmup %d for a run this short", cfg.warmup, cfg.steps, max(1, cfg.steps // 10))
     try:
         return Trainer(cfg).run()
     finally:
