@@ -14,7 +14,7 @@ import typer
 
 from etl.config import ConfigError, PipelineConfig, load_config
 from etl.stage import RunOptions, StageError, run_stages
-from etl.stages import STAGES, available_stages
+from etl.stages import STAGES
 
 app = typer.Typer(
     name="slip-etl",
@@ -86,11 +86,9 @@ def build(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run every stage (skipping finished ones); the last stdout line is the release folder."""
-    stages = available_stages()
-    records, opts = _run(stages, force or [], category, source, out, config, set_, mirror, allow_host, progress,
-                         verbose)
-    release = records.get("release")
-    typer.echo(release["stats"]["release_dir"] if release else str(opts.work_dir))
+    records, _ = _run(list(STAGES), force or [], category, source, out, config, set_, mirror, allow_host, progress,
+                      verbose)
+    typer.echo(records["release"]["stats"]["release_dir"])
 
 
 def _stage_command(name: str) -> None:

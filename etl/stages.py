@@ -69,15 +69,3 @@ STAGES: dict[str, StageSpec] = {
                   help="Assemble a versioned, self-describing release folder (manifest, stats, card, plots)."),
     ]
 }
-
-TABLE_STAGES = ("fetch", "nodes", "edges", "reviews", "labels")
-
-
-def available_stages() -> list[str]:
-    """Stages whose module is present (all of them in a complete install)."""
-    out = []
-    for name in STAGES:
-        module = f"etl.{name}"
-        if importlib.util.find_spec(module) is not None:
-            out.append(name)
-    return out
