@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import gen_electronics  # noqa: E402 - after the path set-up above
+from procstats import PeakRSS  # noqa: E402
 
 
 def reviews_file(out: Path, n_reviews: int, n_products: int, seed: int) -> Path:
@@ -119,17 +119,10 @@ def measure(side: str, argv: list[str]) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         proc = subprocess.Popen([sys.executable, __file__, *argv, "--_side", side, "--_result", result.name])
-        ps = psutil.Process(proc.pid)
-        peak = 0
         t0 = time.perf_counter()
-        while proc.poll() is None:
-            try:
-                rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
-            except psutil.Error:
-                rss = 0
-            peak = max(peak, rss)
-            time.sleep(0.05)
-        seconds = time.perf_counter() - t0
+        with PeakRSS(proc.pid, interval_s=0.05) as rss:
+            proc.wait()
+        seconds, peak = time.perf_counter() - t0, rss.peak
         if proc.returncode != 0:
             raise SystemExit(f"{side} failed with exit code {proc.returncode}")
         out = json.loads(Path(result.name).read_text())

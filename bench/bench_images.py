@@ -16,16 +16,13 @@ The JPEGs are made once and cached under bench/out/jpegs-800/; img2dataset lives
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import io
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -42,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the stage-author harness: adopt upstr
 
 import schemas  # noqa: E402
 from etl.sample import serve_directory  # noqa: E402
+from procstats import PeakRSS, children_cpu_s  # noqa: E402
 from harness import adopt_stage, load_config, make_opts  # noqa: E402
 
 SIDE = 800
@@ -83,54 +81,10 @@ def ensure_jpegs(folder: Path, n: int) -> list[str]:
     return names
 
 
-class PeakRSS:
-    """Samples the summed RSS of a process and all its descendants until stopped.
-
-    Listing descendants scans /proc, so the tree is refreshed every `refresh` samples only (the sampler itself
-    runs in this process, beside the loopback server, and must stay cheap).
-    """
-
-    def __init__(self, pid: int, interval_s: float = 0.1, refresh: int = 5) -> None:
-        self.root = psutil.Process(pid)
-        self.interval_s = interval_s
-        self.refresh = refresh
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        procs: list[psutil.Process] = [self.root]
-        tick = 0
-        while not self._stop.is_set():
-            if tick % self.refresh == 0:
-                with contextlib.suppress(psutil.Error):
-                    procs = [self.root, *self.root.children(recursive=True)]
-            tick += 1
-            total = 0
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    total += proc.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Wall time, peak RSS of the process tree, CPU seconds of the tree (waited-for descendants) and of the
     loopback server (this process) while it ran."""
-    t0, cpu0, server0 = time.perf_counter(), _children_cpu_s(), time.process_time()
+    t0, cpu0, server0 = time.perf_counter(), children_cpu_s(), time.process_time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     with PeakRSS(proc.pid) as rss:
@@ -138,7 +92,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{err[-4000:]}")
-    return {"wall_s": wall, "peak_rss": rss.peak, "cpu_s": _children_cpu_s() - cpu0,
+    return {"wall_s": wall, "peak_rss": rss.peak, "cpu_s": children_cpu_s() - cpu0,
             "server_cpu_s": time.process_time() - server0, "stdout": out, "stderr": err}
 
 

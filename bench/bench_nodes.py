@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -133,34 +132,14 @@ def adopt_input(path: Path, root: Path) -> None:
 
 def measure(argv: list[str]) -> dict[str, Any]:
     """Run a child command; wall time, CPU time and the peak RSS of its process tree."""
-    import psutil
+    from procstats import PeakRSS
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        try:
-            root = psutil.Process(proc.pid)
-            while not done.is_set():
-                try:
-                    rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-                except psutil.Error:
-                    rss = 0
-                peak = max(peak, rss)
-                done.wait(0.05)
-        except psutil.Error:
-            pass
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    done.set()
-    sampler.join()
+    with PeakRSS(proc.pid, interval_s=0.05) as rss:
+        out, _ = proc.communicate()
+    wall, peak = time.perf_counter() - t0, rss.peak
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"child {' '.join(argv[-3:])} failed with exit code {proc.returncode}")
