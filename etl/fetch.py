@@ -79,7 +79,7 @@ def run(ctx: StageContext) -> StageResult:
     }
     provenance = {"source": ctx.opts.source, "category": category, "base": _redact(base), "raw": raw}
     return StageResult(outputs=outputs, counts=Counts(input=len(files), kept=len(fetched)), stats=stats,
-                       provenance=provenance)
+                       provenance=provenance, known_hashes={f.name: (f.sha256, f.bytes) for f in fetched})
 
 
 # A "copier" moves one relative path's bytes into a .part file (resuming it) and returns

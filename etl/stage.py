@@ -57,6 +57,8 @@ class StageResult:
     counts: Counts
     stats: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # (sha256, bytes) of file outputs the stage hashed while writing them, so multi-GB files are not read twice.
+    known_hashes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,9 +159,15 @@ def fingerprint(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def describe_output(root: Path, path: Path) -> dict[str, Any]:
-    """bytes + sha256 of a file, or of a folder (hash over its files' relative paths and hashes)."""
+def describe_output(root: Path, path: Path, known: tuple[str, int] | None = None) -> dict[str, Any]:
+    """bytes + sha256 of a file, or of a folder (hash over its files' relative paths and hashes).
+
+    `known` is a (sha256, bytes) pair the stage computed while writing the file; it is trusted only when the
+    size on disk still matches.
+    """
     path = Path(path)
+    if known is not None and path.is_file() and path.stat().st_size == known[1]:
+        return {"path": path.relative_to(root).as_posix(), "bytes": known[1], "sha256": known[0]}
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and atomic.TMP_MARK not in p.name
                        and p.name != FINGERPRINT_FILE)
@@ -269,7 +277,8 @@ def _run_one(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream: d
         "fingerprint": fp,
         "config": {s: cfg.section(s) for s in spec.config_sections},
         "inputs": {dep: {"fingerprint": rec["fingerprint"]} for dep, rec in upstream.items()},
-        "outputs": {k: describe_output(opts.dataset_root, p) for k, p in result.outputs.items()},
+        "outputs": {k: describe_output(opts.dataset_root, p, result.known_hashes.get(k))
+                    for k, p in result.outputs.items()},
         "counts": asdict(result.counts),
         "stats": result.stats,
         "provenance": result.provenance,

@@ -135,3 +135,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
             raise RuntimeError("killed")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_known_hashes_are_used_only_while_the_size_matches(tmp_path: Path):
+    from etl.stage import describe_output
+
+    f = tmp_path / "raw.bin"
+    f.write_bytes(b"abc")
+    assert describe_output(tmp_path, f, ("f" * 64, 3))["sha256"] == "f" * 64
+    real = describe_output(tmp_path, f, ("f" * 64, 99))["sha256"]
+    assert real == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
