@@ -6,9 +6,9 @@ supersedes an earlier one for the same node. On start the stage reads the chunks
 status is final and fetches only the rest (never fetched, or failed with a retriable status). At the end
 `status.parquet` holds the resolved latest row per node (without the JPEG). The crawl itself is `etl.crawler`.
 
-A finished stage is skipped by the framework, so its retriable failures (still failing after `images.retries`)
-are retried by deleting `work/images/status.parquet` and running `slip-etl images` again (the chunks are kept:
-only those nodes are requested); `--force` starts the stage over. `attempts` counts across runs.
+A finished stage is skipped by the framework; `slip-etl images --force` runs it again over the kept chunks, so
+only nodes still missing or failed with a retriable status (after `images.retries`) are requested again. To start
+over, delete `work/images/`. `attempts` counts across runs.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def read_latest(chunks_dir: Path) -> pl.DataFrame:
             frames.append(pl.from_arrow(_read(path, names)))
         except (OSError, pa.ArrowException) as exc:
             raise StageError(f"image chunk {path} is unreadable ({exc}); delete it to refetch its images, or "
-                             f"rerun with --force to start the images stage over") from None
+                             f"delete work/images/ to start the images stage over") from None
     if not frames:
         return pl.from_arrow(schemas.arrow_schema("image_status").empty_table())
     return pl.concat(frames).unique(subset="node_id", keep="last", maintain_order=True).sort("node_id")

@@ -126,6 +126,9 @@ class StageSpec:
     config_sections: tuple[str, ...] = ()
     fingerprint_extra: Callable[[PipelineConfig, RunOptions], dict[str, Any]] | None = None
     help: str = ""
+    # `--force` re-runs the stage over its kept partial state instead of wiping it (images: retry only what is
+    # missing or failed with a retriable status, never re-download what succeeded).
+    force_resumes: bool = False
 
 
 def record_path(opts: RunOptions, stage: str) -> Path:
@@ -257,7 +260,8 @@ def _run_one(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream: d
              fp: str, forced: bool) -> dict[str, Any]:
     out_dir = opts.work_dir / spec.name
     marker = out_dir / FINGERPRINT_FILE
-    if out_dir.exists() and (forced or not marker.is_file() or marker.read_text().strip() != fp):
+    stale = not marker.is_file() or marker.read_text().strip() != fp
+    if out_dir.exists() and (stale or (forced and not spec.force_resumes)):
         shutil.rmtree(out_dir)  # stale partial output from another config: never mix it in
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temps(out_dir)

@@ -61,7 +61,9 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("labels", "1", _lazy("etl.labels:run"), ("nodes", "edges"), ("labels",),
                   help="Choose the label level, assign classes and stratified splits."),
         StageSpec("images", "1", _lazy("etl.images:run"), ("nodes", "edges"), (), _image_output_config,
-                  help="Download, validate and resize the main image of every kept node (resumable per sample)."),
+                  help="Download, validate and resize the main image of every kept node (resumable per sample; "
+                       "--force retries only missing and retriable failures — delete work/images to start over).",
+                  force_resumes=True),
         StageSpec("shards", "1", _lazy("etl.shards:run"), ("nodes", "edges", "labels", "images"), ("shards",),
                   help="Write graph-ordered WebDataset shards per split."),
         StageSpec("release", "1", _lazy("etl.release:run"),

@@ -300,11 +300,11 @@ def test_a_dead_worker_process_is_replaced_and_its_queue_resent():
         await workers.start()
         try:
             await workers.process(jpeg(1))  # the worker is up
+            worker = next(c for c in psutil.Process().children() if "etl.imagepool" in c.cmdline())
+            worker.suspend()  # it cannot answer any of the four below before it dies (no race with the kill)
             queued = [asyncio.create_task(workers.process(jpeg(i))) for i in range(2, 6)]
             await asyncio.sleep(0)  # all four are written to the worker's pipe
-            for child in psutil.Process().children():
-                if "etl.imagepool" in child.cmdline():
-                    child.kill()
+            worker.kill()
             images = await asyncio.gather(*queued)
             return workers.restarts, [Image.open(io.BytesIO(im.jpeg)).size[1] for im in images]
         finally:

@@ -145,3 +145,24 @@ def test_known_hashes_are_used_only_while_the_size_matches(tmp_path: Path):
     assert describe_output(tmp_path, f, ("f" * 64, 3))["sha256"] == "f" * 64
     real = describe_output(tmp_path, f, ("f" * 64, 99))["sha256"]
     assert real == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_force_on_a_resuming_stage_keeps_its_partial_state(env):
+    cfg, opts = env
+    seen: list[bool] = []
+
+    def resumable(ctx: StageContext) -> StageResult:
+        keep = ctx.out_dir / "done.txt"
+        seen.append(keep.exists())
+        atomic.write_text(keep, "x")
+        return StageResult({"done": keep}, Counts(input=1, kept=1))
+
+    stages = {"r": StageSpec("r", "1", resumable, force_resumes=True)}
+    run_stages(["r"], stages, cfg, opts)
+    run_stages(["r"], stages, cfg, opts, force=["r"])
+    assert seen == [False, True], "--force re-runs a resuming stage over what it already has"
+    plain = {"p": StageSpec("p", "1", _produce)}
+    run_stages(["p"], plain, cfg, opts)
+    (opts.work_dir / "p" / "extra.txt").write_text("old")
+    run_stages(["p"], plain, cfg, opts, force=["p"])
+    assert not (opts.work_dir / "p" / "extra.txt").exists(), "--force wipes an ordinary stage's folder"
