@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 from etl.config import PipelineConfig
@@ -43,7 +44,7 @@ def open_source(cfg: PipelineConfig, opts: RunOptions) -> Iterator[RunOptions]:
         )
 
 
-def ensure_sample_catalog(cfg: PipelineConfig, opts: RunOptions):
+def ensure_sample_catalog(cfg: PipelineConfig, opts: RunOptions) -> Path:
     """Generate the sample catalog under the dataset root unless the same one is already there."""
     from etl.sample import SAMPLE_GENERATOR_VERSION, generate_catalog
 

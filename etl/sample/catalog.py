@@ -73,13 +73,18 @@ class Product:
         return LEAVES[self.leaf_index]
 
 
-def new_asin(rng: random.Random, taken: set[str]) -> str:
-    """A fresh ``B0`` + 8 character ASIN not in ``taken`` (which it extends)."""
+def fresh_id(rng: random.Random, taken: set[str], prefix: str, alphabet: str, length: int) -> str:
+    """`prefix` + `length` random characters of `alphabet`, not in ``taken`` (which it extends)."""
     while True:
-        asin = "B0" + "".join(rng.choices(_ID_ALPHABET, k=8))
-        if asin not in taken:
-            taken.add(asin)
-            return asin
+        new = prefix + "".join(rng.choices(alphabet, k=length))
+        if new not in taken:
+            taken.add(new)
+            return new
+
+
+def new_asin(rng: random.Random, taken: set[str]) -> str:
+    """A fresh ``B0`` + 8 character ASIN."""
+    return fresh_id(rng, taken, "B0", _ID_ALPHABET, 8)
 
 
 def allocate_leaf_counts(n_products: int, rng: random.Random) -> list[int]:

@@ -17,7 +17,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from etl.sample.catalog import Product
+from etl.sample.catalog import Product, fresh_id
 from etl.sample.taxonomy import GROUPS, LEAVES, STYLES, complements
 
 USERS_PER_PRODUCT = 4.0
@@ -165,8 +165,4 @@ def _sample_weighted(items: list[str], weights: list[float], k: int, rng: random
 
 def _new_user_id(rng: random.Random, taken: set[str]) -> str:
     """A 28-character id shaped like the 2023 dump's (``AGBFYI2DDIKXC5Y4FARTYDTQBMFQ``)."""
-    while True:
-        user_id = "A" + "".join(rng.choices(_USER_ALPHABET, k=27))
-        if user_id not in taken:
-            taken.add(user_id)
-            return user_id
+    return fresh_id(rng, taken, "A", _USER_ALPHABET, 27)
