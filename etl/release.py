@@ -59,11 +59,12 @@ def run(ctx: StageContext) -> StageResult:
         _move_into_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    listed = json.loads((final / "manifest.json").read_text(encoding="utf-8"))["files"]
     return StageResult(outputs={"release": final}, counts=Counts(input=nodes.height, kept=nodes.height),
                        stats={"release_dir": str(final.resolve()), "version": cfg.version, "name": name,
-                              "nodes": nodes.height, "files": len(json.loads(
-                                  (final / "manifest.json").read_text(encoding="utf-8"))["files"])},
-                       provenance={"fingerprint": fingerprint})
+                              "nodes": nodes.height, "files": len(listed)},
+                       provenance={"fingerprint": fingerprint},
+                       known_hashes={"release": {rel: (f["sha256"], f["bytes"]) for rel, f in listed.items()}})
 
 
 def _check_replaceable(final: Path, fingerprint: str, forced: bool) -> None:

@@ -57,8 +57,9 @@ class StageResult:
     counts: Counts
     stats: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    # (sha256, bytes) of file outputs the stage hashed while writing them, so multi-GB files are not read twice.
-    known_hashes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Hashes the stage computed while writing, so multi-GB outputs are not read again: (sha256, bytes) for a file
+    # output, {relative path: (sha256, bytes)} for a folder output.
+    known_hashes: dict[str, tuple[str, int] | dict[str, tuple[str, int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,22 +163,25 @@ def fingerprint(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def describe_output(root: Path, path: Path, known: tuple[str, int] | None = None) -> dict[str, Any]:
+def describe_output(root: Path, path: Path,
+                    known: tuple[str, int] | dict[str, tuple[str, int]] | None = None) -> dict[str, Any]:
     """bytes + sha256 of a file, or of a folder (hash over its files' relative paths and hashes).
 
-    `known` is a (sha256, bytes) pair the stage computed while writing the file; it is trusted only when the
-    size on disk still matches.
+    `known` holds hashes the stage computed while writing — (sha256, bytes) for a file, {relative path: (sha256,
+    bytes)} for a folder; each is trusted only while the size on disk still matches.
     """
     path = Path(path)
-    if known is not None and path.is_file() and path.stat().st_size == known[1]:
+    if isinstance(known, tuple) and path.is_file() and path.stat().st_size == known[1]:
         return {"path": path.relative_to(root).as_posix(), "bytes": known[1], "sha256": known[0]}
     if path.is_dir():
+        per_file = known if isinstance(known, dict) else {}
         files = sorted(p for p in path.rglob("*") if p.is_file() and atomic.TMP_MARK not in p.name
                        and p.name != FINGERPRINT_FILE)
         h = hashlib.sha256()
         total = 0
         for p in files:
-            digest, size = file_sha256(p)
+            hint = per_file.get(p.relative_to(path).as_posix())
+            digest, size = hint if hint and p.stat().st_size == hint[1] else file_sha256(p)
             total += size
             h.update(f"{p.relative_to(path).as_posix()}\0{digest}\n".encode())
         return {"path": path.relative_to(root).as_posix(), "bytes": total, "sha256": h.hexdigest(),

@@ -166,3 +166,17 @@ def test_force_on_a_resuming_stage_keeps_its_partial_state(env):
     (opts.work_dir / "p" / "extra.txt").write_text("old")
     run_stages(["p"], plain, cfg, opts, force=["p"])
     assert not (opts.work_dir / "p" / "extra.txt").exists(), "--force wipes an ordinary stage's folder"
+
+
+def test_known_folder_hashes_give_the_same_description(tmp_path: Path):
+    from etl.stage import describe_output, file_sha256
+
+    folder = tmp_path / "rel"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub" / "b.txt").write_text("beta")
+    hashed = describe_output(tmp_path, folder)
+    known = {rel: file_sha256(folder / rel) for rel in ("a.txt", "sub/b.txt")}
+    assert describe_output(tmp_path, folder, known) == hashed
+    (folder / "a.txt").write_text("changed size")  # a stale hint is not trusted
+    assert describe_output(tmp_path, folder, known)["sha256"] != hashed["sha256"]
