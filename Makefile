@@ -12,8 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 
+# Bytecode is compiled at install time (as pip does; uv does not by default): every stage and image worker is a
+# fresh interpreter, and without .pyc files (or with PYTHONDONTWRITEBYTECODE set) each one recompiles its imports.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev,bench]'
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[dev,bench]'
+	$(BIN)/python -m compileall -q etl trainer schemas
 	touch $@
 
 setup: $(VENV)/.installed

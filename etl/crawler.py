@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -33,8 +34,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from etl.config import HttpConfig, ImagesConfig
-from etl.http import (BlockedURL, HostThrottle, RetryPolicy, TooLarge, TooManyRedirects, UnresolvableHost, async_client,
-                      is_retriable, read_capped_async, retry_after, send_checked_async)
+from etl.http import (BlockedURL, HostThrottle, PassedHosts, RetryPolicy, TooLarge, TooManyRedirects,
+                      UnresolvableHost, async_client, is_retriable, read_capped_async, retry_after,
+                      send_checked_async)
 from etl.imagepool import ImageWorkers
 from etl.imageproc import ImageRejected
 
@@ -45,6 +47,14 @@ CONNECTIONS_PER_CLIENT = 8
 TIMING_SAMPLES = 10_000  # timings kept for the percentiles in the stats (a uniform sample of all of them)
 # Content types that are certainly not an image body (error pages, API errors); anything else is judged by bytes.
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/xhtml+xml", "application/problem")
+
+
+async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+    """`await` with a deadline; `asyncio.timeout` (3.11+) avoids the extra task `wait_for` creates per request."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,7 @@ class Crawler:
         self.on_progress = on_progress
         self.stats = CrawlStats()
         self._throttle = HostThrottle(settings.per_host_concurrency, settings.per_host_rps)
+        self._passed = PassedHosts()  # one DNS check per host and minute, not per image
 
     async def run(self, jobs: Iterable[CrawlJob], sink: Callable[[CrawlResult], Awaitable[None]]) -> CrawlStats:
         started = time.perf_counter()
@@ -293,7 +304,7 @@ class Crawler:
             self.stats.requests += 1
             t0 = time.perf_counter()
             try:
-                return await asyncio.wait_for(self._request(client, url), self.settings.deadline_s)
+                return await _within(self._request(client, url), self.settings.deadline_s)
             except BlockedURL as exc:
                 return _Attempt("blocked_url", error=exc.reason)
             except httpx.InvalidURL as exc:
@@ -315,7 +326,7 @@ class Crawler:
 
     async def _request(self, client: httpx.AsyncClient, url: str) -> _Attempt:
         response = await send_checked_async(client, url, allow_hosts=self.allow_hosts,
-                                            max_redirects=self.settings.max_redirects)
+                                            max_redirects=self.settings.max_redirects, passed=self._passed)
         try:
             code = response.status_code
             if code != 200:

@@ -31,11 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from etl.imageproc import ImageRejected, ProcessedImage, process_image
 
 WORKER_TRIES = 2      # an image whose worker died gets one more try on a fresh worker
 ORPHAN_CHECK_S = 0.5  # how often a worker checks that the crawler still lives
 STOP_GRACE_S = 5.0    # how long close() waits for a worker to exit before killing it
+PIPE_BYTES = 1 << 20  # request pipe size where the OS allows it (Linux's unprivileged maximum)
 _LENGTH = struct.Struct("!Q")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # where `etl` is importable from
 
@@ -79,6 +85,7 @@ class ImageWorkers:
             sys.executable, "-m", "etl.imagepool", json.dumps(self._options), str(os.getpid()),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
             limit=1 << 20)
+        _widen_pipe(process.stdin)
         worker = _Worker(process)
         worker.listener = asyncio.create_task(self._listen(worker))
         return worker
@@ -149,6 +156,16 @@ class ImageWorkers:
                 worker.listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker.listener
+
+
+def _widen_pipe(stream: asyncio.StreamWriter | None) -> None:
+    """Let a whole image body fit in the pipe (Linux; 64 KiB by default), so it goes over in one write instead of
+    several write-ready callbacks on the event loop (9% of the crawler's CPU at 84 KB per body)."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if stream is None or set_size is None:
+        return
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep the default
+        fcntl.fcntl(stream.get_extra_info("pipe").fileno(), set_size, PIPE_BYTES)
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:

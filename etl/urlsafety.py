@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
@@ -156,7 +157,34 @@ async def resolve_checked_async(host: str, port: int, allow_hosts: Collection[st
     return await anyio.to_thread.run_sync(resolve_checked, host, port, allow_hosts, url)
 
 
-async def check_url_async(url: str, allow_hosts: Collection[str] = ()) -> None:
-    """`check_url` for async code."""
+async def check_url_async(url: str, allow_hosts: Collection[str] = (), passed: PassedHosts | None = None) -> None:
+    """`check_url` for async code; with `passed`, a host that passed within its TTL is not resolved again."""
     host, port = _parse(url)
+    if passed is not None and passed.fresh(host, port):
+        return
     await resolve_checked_async(host, port, allow_hosts, url=url)
+    if passed is not None:
+        passed.add(host, port)
+
+
+class PassedHosts:
+    """Hosts whose check passed in the last `ttl_s` seconds (refusals are never remembered).
+
+    A crawl sends thousands of requests to one CDN host over keep-alive connections; checking each URL would cost
+    a DNS lookup in a thread per image. Skipping the repeat is safe because the check before a request is only the
+    early, clearly-worded refusal: every new connection is still resolved and checked when it is opened
+    (`etl.http`), so a host that starts resolving to an internal address is refused there.
+    """
+
+    def __init__(self, ttl_s: float = 60.0, max_hosts: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_hosts = max_hosts
+        self._until: dict[tuple[str, int], float] = {}
+
+    def fresh(self, host: str, port: int) -> bool:
+        return self._until.get((host, port), 0.0) > time.monotonic()
+
+    def add(self, host: str, port: int) -> None:
+        if len(self._until) >= self.max_hosts:
+            self._until.clear()
+        self._until[(host, port)] = time.monotonic() + self.ttl_s

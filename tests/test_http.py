@@ -127,6 +127,31 @@ def test_dns_rebinding_is_closed(cfg, server, monkeypatch: pytest.MonkeyPatch) -
     assert server.requests == []
 
 
+def test_dns_rebinding_is_closed_for_a_host_the_crawler_remembers_as_passed(cfg, server, monkeypatch) -> None:
+    """The crawler skips the pre-check for a host that passed recently; the connect-time check still refuses."""
+    answers = iter(["93.184.215.14", "127.0.0.1", "127.0.0.1"])
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kw):  # type: ignore[no-untyped-def]
+        if host == "rebind.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+        return real(host, port, *args, **kw)
+
+    monkeypatch.setattr(urlsafety.socket, "getaddrinfo", getaddrinfo)
+    passed = urlsafety.PassedHosts()
+    url = f"http://rebind.example:{server.port}/body"
+    asyncio.run(urlsafety.check_url_async(url, passed=passed))  # public now: remembered
+
+    async def go() -> None:
+        async with http.async_client(cfg.http, LOCAL) as client:
+            await http.send_checked_async(client, url, allow_hosts=LOCAL, passed=passed)
+
+    server.clear_log()
+    with pytest.raises(BlockedURL, match="loopback address 127.0.0.1"):
+        asyncio.run(go())
+    assert server.requests == []
+
+
 def test_byte_cap(cfg, server) -> None:
     with http.sync_client(cfg.http, LOCAL) as client:
         with stream_checked(client, server.url("/body"), allow_hosts=LOCAL) as r:

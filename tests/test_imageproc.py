@@ -74,31 +74,28 @@ def test_small_images_are_never_upscaled(mode, size):
     assert decode(out.jpeg).size == size
 
 
-def test_jpeg_draft_mode_keeps_dimensions_exact_and_quality_high():
-    big = photo(2048, 1536, seed=1)
-    data = encode(big, "JPEG", quality=95)
-    probe = Image.open(io.BytesIO(data))
-    probe.draft("RGB", (256, 256))
-    assert probe.size == (512, 384)  # libjpeg decodes at 1/4: both sides still >= 256
+def test_jpegs_are_decoded_at_a_reduced_scale_with_exact_dimensions_and_high_quality(monkeypatch):
+    """libjpeg-turbo's DCT scaling is what makes big JPEGs cheap: the resize must start from the smallest
+    eighth-scale decode whose sides stay >= the target (2048x1536 -> 2/8 -> 512x384), not from 2048x1536."""
+    import simplejpeg
+
+    decoded = []
+    real_decode = simplejpeg.decode_jpeg
+
+    def spy(*args, **kw):
+        decoded.append(real_decode(*args, **kw).shape[:2])
+        return real_decode(*args, **kw)
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy)
+    data = encode(photo(2048, 1536, seed=1), "JPEG", quality=95)
     out = process_image(data, shorter_side=256, quality=95)
     small = decode(out.jpeg)
+    assert decoded == [(384, 512)]
     assert small.size == (341, 256) and (out.width, out.height) == (2048, 1536)
     reference = Image.open(io.BytesIO(data)).convert("RGB").resize((341, 256), Image.Resampling.LANCZOS)
     assert psnr(small, reference) > 32
-
-
-def test_large_jpegs_are_decoded_at_reduced_size(monkeypatch):
-    """Draft mode is what makes big JPEGs cheap: the resize must start from the 1/8-scale decode, not 2400x2400."""
-    seen = []
-    real_resize = Image.Image.resize
-
-    def spy(self, size, *args, **kw):
-        seen.append(self.size)
-        return real_resize(self, size, *args, **kw)
-
-    monkeypatch.setattr(Image.Image, "resize", spy)
     out = process_image(encode(photo(2400, 2400, seed=2), "JPEG", quality=90), shorter_side=256)
-    assert seen == [(300, 300)] and decode(out.jpeg).size == (256, 256)
+    assert decoded[-1] == (300, 300) and decode(out.jpeg).size == (256, 256)
 
 
 @pytest.mark.parametrize("orientation, shown", [(1, (800, 600)), (3, (800, 600)), (6, (600, 800)),
@@ -148,6 +145,7 @@ def _palette_with_transparent_index() -> Image.Image:
 
 
 def test_cmyk_jpeg_becomes_rgb_with_the_right_colour():
+    """libjpeg-turbo's fast path refuses CMYK; the general (PIL) path must take it, colours right."""
     cmyk = Image.new("CMYK", (300, 200), (0, 255, 255, 0))  # pure red in CMYK
     small = decode(process_image(encode(cmyk, "JPEG", quality=95), shorter_side=100).jpeg)
     r, g, b = small.getpixel((50, 50))

@@ -123,3 +123,28 @@ def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
         asyncio.run(check_url_async("https://v6.example/a.jpg"))
     check_url("https://public.example/a.jpg")
     assert urlsafety.resolve_checked("public.example", 443) == ["93.184.215.14", "2606:4700::1"]
+
+
+def test_passed_hosts_skip_repeat_lookups_but_never_remember_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[str] = []
+    answers = {"cdn.example": ["93.184.215.14"], "inner.example": ["10.0.0.7"]}
+
+    def getaddrinfo(host, port, *args, **kw):  # type: ignore[no-untyped-def]
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(urlsafety.socket, "getaddrinfo", getaddrinfo)
+    passed = urlsafety.PassedHosts(ttl_s=60.0)
+    for i in range(5):
+        asyncio.run(check_url_async(f"https://cdn.example/{i}.jpg", passed=passed))
+    assert lookups == ["cdn.example"]
+    with pytest.raises(BlockedURL):  # the scheme rule is checked on every URL, remembered host or not
+        asyncio.run(check_url_async("ftp://cdn.example/x.jpg", passed=passed))
+    for _ in range(2):
+        with pytest.raises(BlockedURL):
+            asyncio.run(check_url_async("https://inner.example/x.jpg", passed=passed))
+    assert lookups == ["cdn.example", "inner.example", "inner.example"]
+    expired = urlsafety.PassedHosts(ttl_s=0.0)
+    asyncio.run(check_url_async("https://cdn.example/a.jpg", passed=expired))
+    asyncio.run(check_url_async("https://cdn.example/b.jpg", passed=expired))
+    assert lookups.count("cdn.example") == 3

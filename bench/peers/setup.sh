@@ -9,6 +9,6 @@ version="1.47.0"
 if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('img2dataset') != '$version')" \
         2>/dev/null; then
     uv venv --quiet --python "${IMG2DATASET_PYTHON:-3.11}" "$venv"
-    uv pip install --quiet --python "$venv/bin/python" "img2dataset==$version"
+    uv pip install --quiet --compile-bytecode --python "$venv/bin/python" "img2dataset==$version"
 fi
 echo "$venv/bin/img2dataset"
