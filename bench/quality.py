@@ -4,7 +4,8 @@ For every seed, `slip-train --method slip` and `--method clip` run with identica
 batch size, seed: the trainer gives both the same init and data order), then `slip-eval` scores each on the
 test split. The report gives mean ± sample std over seeds of every metric for CLIP, SLIP encoder-only and
 SLIP graph-aware, and the relative difference of each SLIP column to CLIP ((slip - clip) / |clip|; for ranks
-lower is better). Runs already finished with the same budget are reused, so an interrupted study resumes.
+lower is better). Runs already finished with the same budget are reused with their evaluations, so an interrupted
+study resumes and more seeds can be added later.
 
     python bench/quality.py --release path/to/release --steps 2000 --batch-size 256 --device cuda
     python bench/quality.py --sample-out bench/out/sample        # builds the embedded sample release first
@@ -78,17 +79,20 @@ def finished(run_dir: Path, steps: int) -> bool:
 def train_and_evaluate(args: argparse.Namespace, release: Path, method: str, seed: int) -> dict[str, Any]:
     """One run: train (unless already done with this budget), evaluate; returns the eval JSON + timing."""
     run_dir = args.out / "runs" / f"{method}-s{seed}"
-    if args.force or not finished(run_dir, args.steps):
+    eval_json = run_dir / "eval-test.json"
+    trained = args.force or not finished(run_dir, args.steps)
+    if trained:
         run_logged([console_script("slip-train"), "--release", str(release), "--method", method,
                     "--model", args.model, "--batch-size", str(args.batch_size), "--workers", str(args.workers),
                     "--steps", str(args.steps), "--seed", str(seed), "--out", str(run_dir),
-                    "--device", args.device, *args.train_arg], args.out / "logs" / f"train-{method}-s{seed}.log")
-    eval_json = run_dir / "eval-test.json"
+                    "--device", args.device, *args.train_arg, *(args.slip_arg if method == "slip" else [])],
+                   args.out / "logs" / f"train-{method}-s{seed}.log")
     eval_cmd = [console_script("slip-eval"), str(run_dir), "--release", str(release), "--split", "test",
                 "--json", str(eval_json), "--device", args.eval_device, "--seed", str(seed)]
     if args.max_samples:
         eval_cmd += ["--max-samples", str(args.max_samples)]
-    run_logged(eval_cmd, args.out / "logs" / f"eval-{method}-s{seed}.log")
+    if trained or not eval_json.is_file():  # a reused run keeps its evaluation (delete it to score again)
+        run_logged(eval_cmd, args.out / "logs" / f"eval-{method}-s{seed}.log")
     result = json.loads(eval_json.read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     result["train_time_s"] = summary.get("train_time_s")
@@ -131,21 +135,32 @@ def report(per_seed: dict[str, dict[str, list[float]]], args: argparse.Namespace
             return "n/a"
         return f"{100 * relative_difference(mean(new), mean(base), metric):+.1f}%"
 
+    def wins(column: str, metric: str) -> str:
+        """Seeds where SLIP beats CLIP: the runs of one seed share init and data order, so they pair up."""
+        new, base = per_seed[column][metric], per_seed["clip"][metric]
+        if not new or len(new) != len(base):
+            return "n/a"
+        better = sum(relative_difference(n, b, metric) > 0 for n, b in zip(new, base) if b != 0)
+        return f"{better}/{len(new)}"
+
     lines = [
         "# SLIP vs CLIP quality study", "",
         f"- release: `{release}`", f"- model: `{args.model}`",
         f"- budget per run: {args.steps} steps × batch {args.batch_size} (equal for both methods)",
+        f"- extra flags: both {' '.join(args.train_arg) or '(none)'}; SLIP only {' '.join(args.slip_arg) or '(none)'}",
         f"- seeds: {', '.join(map(str, args.seeds))} (mean ± sample std over seeds)",
         f"- train time per run (s): clip {cell(timing['clip'])}, slip {cell(timing['slip'])}",
         "- Δ = relative difference of the mean to CLIP's, signed so that + is better (ranks: lower is better)",
+        "- seeds better = seeds in which SLIP beats the CLIP run of the same seed (same init and data order)",
         "",
-        "| metric | CLIP | SLIP encoder-only | SLIP graph-aware | Δ encoder vs CLIP | Δ graph-aware vs CLIP |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| metric | CLIP | SLIP encoder-only | SLIP graph-aware | Δ encoder vs CLIP | Δ graph-aware vs CLIP "
+        "| seeds better (encoder / graph) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for metric in METRICS:
         lines.append(f"| {metric} | {cell(per_seed['clip'][metric])} | {cell(per_seed['slip'][metric])} | "
                      f"{cell(per_seed['slip_graph'][metric])} | {rel('slip', metric)} | "
-                     f"{rel('slip_graph', metric)} |")
+                     f"{rel('slip_graph', metric)} | {wins('slip', metric)} / {wins('slip_graph', metric)} |")
     summary = {"release": str(release), "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
                "seeds": args.seeds, "per_seed": per_seed, "train_time_s": timing,
                "mean_std": {column: {m: list(mean_std(v)) if v else None for m, v in metrics.items()}
@@ -170,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-samples", type=int, default=None, help="slip-eval --max-samples.")
     parser.add_argument("--train-arg", action="append", default=[],
                         help="Extra slip-train argument, repeatable, e.g. --train-arg=--lr=1e-4 (both methods).")
+    parser.add_argument("--slip-arg", action="append", default=[],
+                        help="Extra slip-train flag for the SLIP runs only (ablations: CLIP runs stay reusable).")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "quality", help="Output folder.")
     parser.add_argument("--force", action="store_true", help="Retrain runs that already finished.")
     return parser
