@@ -183,8 +183,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def _scale_to_8bit(img: Image.Image) -> Image.Image:
     """16-bit / float grey to 8-bit grey by scaling (PIL's own conversion clips everything above 255 to white)."""
-    import numpy as np
-
     arr = np.asarray(img, dtype=np.float64)
     top = 1.0 if img.mode == "F" and arr.max(initial=0) <= 1.0 else 65535.0 if arr.max(initial=0) > 255 else 255.0
     return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")

@@ -217,7 +217,7 @@ def _stage_images(ctx: StageContext, staging: Path) -> None:
 
 
 def is_jpeg(data: bytes | None) -> bool:
-    """Cheap structural check: JPEG start (SOI) and end (EOI) markers; the images stage wrote these with PIL."""
+    """Cheap structural check: JPEG start (SOI) and end (EOI) markers; the images stage wrote these."""
     return bool(data) and data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
 
 
