@@ -49,12 +49,13 @@ TIMING_SAMPLES = 10_000  # timings kept for the percentiles in the stats (a unif
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/xhtml+xml", "application/problem")
 
 
-async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
-    """`await` with a deadline; `asyncio.timeout` (3.11+) avoids the extra task `wait_for` creates per request."""
-    if sys.version_info >= (3, 11):
+if sys.version_info >= (3, 11):
+    async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+        """`await` with a deadline; `asyncio.timeout` avoids the extra task `wait_for` creates per request."""
         async with asyncio.timeout(seconds):
             return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)
+else:
+    _within = asyncio.wait_for
 
 
 @dataclass(frozen=True)

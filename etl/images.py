@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import schemas
 from etl import atomic
 from etl.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
 from etl.http import is_retriable, user_agent
-from etl.stage import Counts, StageContext, StageError, StageResult
+from etl.stage import Counts, StageContext, StageError, StageResult, read_parquet_columns
 
 CHUNK_DIR = "chunks"
 CHUNK_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
@@ -65,7 +64,7 @@ def read_latest(chunks_dir: Path) -> pl.DataFrame:
     frames = []
     for path in chunk_paths(chunks_dir):
         try:
-            frames.append(pl.from_arrow(_read(path, names)))
+            frames.append(pl.from_arrow(read_parquet_columns(path, names)))
         except (OSError, pa.ArrowException) as exc:
             raise StageError(f"image chunk {path} is unreadable ({exc}); delete it to refetch its images, or "
                              f"delete work/images/ to start the images stage over") from None
@@ -74,21 +73,15 @@ def read_latest(chunks_dir: Path) -> pl.DataFrame:
     return pl.concat(frames).unique(subset="node_id", keep="last", maintain_order=True).sort("node_id")
 
 
-def _read(path: Path, columns: list[str]) -> pa.Table:
-    """One chunk's columns (ParquetFile, not read_table: the dataset layer costs seconds to import)."""
-    with pq.ParquetFile(path) as chunk:
-        return chunk.read(columns=columns)
-
-
 def iter_ok_images(chunks_dir: Path) -> Iterator[tuple[int, bytes]]:
     """(node_id, jpeg) for every node whose latest result is ok, one chunk in memory at a time (for `shards`)."""
     paths = chunk_paths(chunks_dir)
-    ids = [_read(p, ["node_id"]).column("node_id").to_numpy() for p in paths]
+    ids = [read_parquet_columns(p, ["node_id"]).column("node_id").to_numpy() for p in paths]
     latest = np.full(max((int(a.max()) for a in ids if len(a)), default=-1) + 1, -1, dtype=np.int64)
     for index, chunk_ids in enumerate(ids):
         latest[chunk_ids] = index  # later chunks overwrite earlier ones: the supersession rule
     for index, path in enumerate(paths):
-        table = _read(path, ["node_id", "status", "jpeg"])
+        table = read_parquet_columns(path, ["node_id", "status", "jpeg"])
         for node_id, status, jpeg in zip(table.column("node_id").to_pylist(), table.column("status").to_pylist(),
                                          table.column("jpeg").to_pylist(), strict=True):
             if latest[node_id] == index and status == "ok":

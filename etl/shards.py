@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from etl import atomic
 from etl.config import ShardsConfig
 from etl.ordering import graph_order, in_batch_stats, random_order, shuffle_buffer_permutation
-from etl.stage import Counts, StageContext, StageError, StageResult, file_sha256
+from etl.stage import Counts, StageContext, StageError, StageResult, file_sha256, read_parquet_columns
 from etl.tarwriter import BLOCK, RECORD, TarWriter
 
 SPLITS = ("train", "val", "test")
@@ -131,8 +130,7 @@ def _leaf_category(path: list[str] | None, main: str | None) -> str | None:
 
 
 def _read_edges(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with pq.ParquetFile(path) as edges:
-        t = edges.read(columns=["src", "dst", "weight"])
+    t = read_parquet_columns(path, ["src", "dst", "weight"])
     return (t.column("src").to_numpy(), t.column("dst").to_numpy(),
             t.column("weight").to_numpy().astype(np.float32))
 
@@ -188,8 +186,7 @@ def _stage_images(ctx: StageContext, staging: Path) -> None:
     """Copy the latest ok JPEG of every kept node into one flat file (index written last = complete)."""
     from etl.images import iter_ok_images  # the images stage owns the chunk format and supersession rule
 
-    with pq.ParquetFile(ctx.input("edges", "node_filter")) as node_filter:  # not read_table: its dataset layer
-        kept = node_filter.read(columns=["node_id", "kept"])                # costs ~0.3 s of imports
+    kept = read_parquet_columns(ctx.input("edges", "node_filter"), ["node_id", "kept"])
     kept_ids = kept.column("node_id").to_numpy()[kept.column("kept").to_numpy(zero_copy_only=False)]
     wanted = np.zeros(int(kept_ids.max()) + 1 if len(kept_ids) else 0, dtype=bool)
     wanted[kept_ids] = True

@@ -24,6 +24,7 @@ def _template() -> bytearray:
     header[108:116] = b"0000000\0"  # uid
     header[116:124] = b"0000000\0"  # gid
     header[136:148] = b"%011o\0" % MEMBER_MTIME
+    header[148:156] = b"        "  # the checksum is computed with its own field as spaces
     header[156:157] = b"0"          # regular file
     header[257:265] = b"ustar\x0000"
     return header  # uname, gname, devmajor, devminor, prefix: empty (NULs), as for a regular file
@@ -43,7 +44,6 @@ def member_header(name: str, size: int) -> bytes:
     header = bytearray(_TEMPLATE)
     header[:len(raw)] = raw
     header[124:136] = b"%011o\0" % size
-    header[148:156] = b"        "  # the checksum is computed with its own field as spaces
     header[148:155] = b"%06o\0" % sum(header)
     return bytes(header)
 

@@ -109,8 +109,8 @@ def test_client_refuses_unallowed_addresses_even_without_check_url(cfg, server) 
     assert server.requests == []
 
 
-def test_dns_rebinding_is_closed(cfg, server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A name that is public when checked and loopback when connecting is refused at connect."""
+def _rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rebind.example resolves to a public address once, then to 127.0.0.1 (the resolver is the input here)."""
     answers = iter(["93.184.215.14", "127.0.0.1", "127.0.0.1"])
     real = socket.getaddrinfo
 
@@ -120,6 +120,11 @@ def test_dns_rebinding_is_closed(cfg, server, monkeypatch: pytest.MonkeyPatch) -
         return real(host, port, *args, **kw)
 
     monkeypatch.setattr(urlsafety.socket, "getaddrinfo", getaddrinfo)
+
+
+def test_dns_rebinding_is_closed(cfg, server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that is public when checked and loopback when connecting is refused at connect."""
+    _rebinding_dns(monkeypatch)
     server.clear_log()
     with http.sync_client(cfg.http, LOCAL) as client:
         with pytest.raises(BlockedURL, match="host resolves to loopback address 127.0.0.1"):
@@ -129,15 +134,7 @@ def test_dns_rebinding_is_closed(cfg, server, monkeypatch: pytest.MonkeyPatch) -
 
 def test_dns_rebinding_is_closed_for_a_host_the_crawler_remembers_as_passed(cfg, server, monkeypatch) -> None:
     """The crawler skips the pre-check for a host that passed recently; the connect-time check still refuses."""
-    answers = iter(["93.184.215.14", "127.0.0.1", "127.0.0.1"])
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, port, *args, **kw):  # type: ignore[no-untyped-def]
-        if host == "rebind.example":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
-        return real(host, port, *args, **kw)
-
-    monkeypatch.setattr(urlsafety.socket, "getaddrinfo", getaddrinfo)
+    _rebinding_dns(monkeypatch)
     passed = urlsafety.PassedHosts()
     url = f"http://rebind.example:{server.port}/body"
     asyncio.run(urlsafety.check_url_async(url, passed=passed))  # public now: remembered

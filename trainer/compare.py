@@ -85,6 +85,10 @@ def plot_training_curves(runs: dict[str, Path], out_path: Path) -> Optional[Path
         ax.set_title(term)
         ax.set_xlabel("step")
         ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def _save(fig: Any, out_path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
@@ -106,10 +110,7 @@ def plot_metric_bars(evals: dict[str, dict[str, Any]], out_path: Path) -> Option
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
 
 def build_parser() -> argparse.ArgumentParser:
