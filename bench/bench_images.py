@@ -1,4 +1,4 @@
-"""Images/s of SLIP-kit's `images` (+ `shards` when present) against img2dataset 1.47 on the same URL list.
+"""Images/s of SLIP-kit's `slip-etl shards` (the images and shards stages) against img2dataset 1.47, same URLs.
 
 Both peers download the same N 800x800 JPEGs from the same loopback server (etl.sample's static server, in this
 process), make the same output (shorter side 256 keep-ratio, JPEG quality 95, WebDataset shards for img2dataset /
@@ -9,6 +9,7 @@ RSS is the sum over each peer's whole process tree (psutil, sampled every 100 ms
 
     python bench/bench_images.py --n 2000          # reduced run
     python bench/bench_images.py                   # 10,000 images
+    python bench/bench_images.py --repeat 3        # three alternating runs, median ratio (this machine is noisy)
 
 The JPEGs are made once and cached under bench/out/jpegs-800/; img2dataset lives in bench/out/venv-img2dataset
 (bench/peers/setup.sh creates it). Results also go to bench/out/bench_images.json.
@@ -16,7 +17,6 @@ The JPEGs are made once and cached under bench/out/jpegs-800/; img2dataset lives
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -136,28 +136,26 @@ def seed_slip(root: Path, urls: list[str]) -> tuple[object, object]:
 
 
 def bench_slip(urls: list[str], workdir: Path) -> dict:
+    """`slip-etl shards`: one command, which runs the images stage it needs first (as a user would run it)."""
     if workdir.exists():
         shutil.rmtree(workdir)
     _, opts = seed_slip(workdir, urls)
-    stages = ["images"] + (["shards"] if importlib.util.find_spec("etl.shards") else [])
     sets = {"images.concurrency": CONCURRENCY, "images.per_host_concurrency": CONCURRENCY,
             "images.workers": WORKERS, "images.shorter_side": 256, "images.resize_mode": "keep_ratio",
             "images.jpeg_quality": 95}
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    result = {"stages": stages, "wall_s": 0.0, "peak_rss": 0, "cpu_s": 0.0, "server_cpu_s": 0.0}
-    for stage in stages:
-        run = run_measured([sys.executable, "-m", "etl.cli", stage, "--source", opts.source, "--category",
-                            opts.category, "--out", str(workdir), "--allow-host", "127.0.0.1", "--no-progress",
-                            *args])
-        for key in ("wall_s", "cpu_s", "server_cpu_s"):
-            result[key] += run[key]
-        result["peak_rss"] = max(result["peak_rss"], run["peak_rss"])
-        result[f"{stage}_wall_s"] = round(run["wall_s"], 2)
-    record = json.loads((opts.work_dir / "records" / "images.json").read_text())
-    result["ok"] = record["counts"]["kept"]
-    result["crawl_images_per_s"] = record["stats"]["this_run"]["images_per_s"]
+    run = run_measured([sys.executable, "-m", "etl.cli", "shards", "--source", opts.source, "--category",
+                        opts.category, "--out", str(workdir), "--allow-host", "127.0.0.1", "--no-progress", *args])
+    result = {key: run[key] for key in ("wall_s", "peak_rss", "cpu_s", "server_cpu_s")}
+    records = {stage: json.loads((opts.work_dir / "records" / f"{stage}.json").read_text())
+               for stage in ("images", "shards")}
+    for stage, record in records.items():
+        result[f"{stage}_stage_s"] = record["duration_s"]
+    result["ok"] = records["images"]["counts"]["kept"]
+    result["crawl_images_per_s"] = records["images"]["stats"]["this_run"]["images_per_s"]
     ok_rows = pq.read_table(opts.work_dir / "images" / "status.parquet", columns=["status"])
     assert ok_rows.num_rows == len(urls)
+    assert records["shards"]["counts"]["kept"] == len(urls)
     sizes = [Image.open(io.BytesIO(j)).size for j in _first_jpegs(opts.work_dir / "images" / "chunks", 20)]
     result["sample_sizes"] = sorted(set(sizes))
     return result
@@ -191,29 +189,46 @@ def bench_img2dataset(urls: list[str], workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="images (default 10000)")
+    parser.add_argument("--repeat", type=int, default=1, help="run both peers this many times, alternating, and "
+                                                                "report the median ratio (default 1)")
     parser.add_argument("--only", choices=["slip", "img2dataset"], help="run one peer")
     args = parser.parse_args()
 
     jpeg_dir = OUT / "jpegs-800"
     names = ensure_jpegs(jpeg_dir, args.n)
-    results: dict[str, dict] = {}
-    with serve_directory(jpeg_dir) as base:
-        urls = [f"{base.rstrip('/')}/{name}" for name in names]
-        if args.only != "img2dataset":
-            results["slip-kit"] = bench_slip(urls, OUT / "run-slip")
-        if args.only != "slip":
-            results["img2dataset"] = bench_img2dataset(urls, OUT / "run-img2dataset")
-
-    print(f"\n{args.n} x {SIDE}x{SIDE} JPEG, loopback, {WORKERS} workers, {CONCURRENCY} in flight, "
-          f"shorter side 256 keep-ratio, JPEG q95; cpus={psutil.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    runs: list[dict[str, dict]] = []
+    print(f"{args.n} x {SIDE}x{SIDE} JPEG, loopback, {WORKERS} workers, {CONCURRENCY} in flight, "
+          f"shorter side 256 keep-ratio, JPEG q95; cpus={psutil.cpu_count()}")
     print(f"{'peer':<12} {'ok':>7} {'wall s':>8} {'images/s':>9} {'CPU ms/img':>11} {'server ms/img':>14} "
           f"{'peak RSS MiB':>13}  notes")
+    with serve_directory(jpeg_dir) as base:
+        urls = [f"{base.rstrip('/')}/{name}" for name in names]
+        for _ in range(args.repeat):
+            results: dict[str, dict] = {}
+            if args.only != "img2dataset":
+                results["slip-kit"] = bench_slip(urls, OUT / "run-slip")
+            if args.only != "slip":
+                results["img2dataset"] = bench_img2dataset(urls, OUT / "run-img2dataset")
+            _report(results, args.n)
+            runs.append(results)
+    summary: dict[str, float] = {}
+    if args.only is None:
+        ratios = sorted(r["ratio"]["images_per_s"] for r in runs)
+        summary = {"median_ratio": float(np.median(ratios)), "ratios": ratios}
+        print(f"ratio slip-kit / img2dataset over {len(runs)} run(s): median {summary['median_ratio']:.2f}x "
+              f"(each: {', '.join(f'{r:.2f}' for r in ratios)})")
+    (OUT / "bench_images.json").write_text(json.dumps({"n": args.n, "runs": runs, **summary}, indent=2,
+                                                      default=str) + "\n")
+
+
+def _report(results: dict[str, dict], n: int) -> None:
+    """Print one line per peer (and the ratio when both ran); adds the derived figures to `results`."""
     for name, r in results.items():
-        r["images_per_s"] = args.n / r["wall_s"]
-        notes = (f"stages {'+'.join(r['stages'])}; crawl alone {r['crawl_images_per_s']} images/s"
-                 if name == "slip-kit" else "webdataset output")
-        r["cpu_ms_per_image"] = 1000 * r["cpu_s"] / args.n
-        r["server_cpu_ms_per_image"] = 1000 * r["server_cpu_s"] / args.n
+        r["images_per_s"] = n / r["wall_s"]
+        notes = (f"slip-etl shards (images {r['images_stage_s']:.1f} s + shards {r['shards_stage_s']:.1f} s); "
+                 f"crawl alone {r['crawl_images_per_s']:.0f} images/s" if name == "slip-kit" else "webdataset output")
+        r["cpu_ms_per_image"] = 1000 * r["cpu_s"] / n
+        r["server_cpu_ms_per_image"] = 1000 * r["server_cpu_s"] / n
         print(f"{name:<12} {r['ok']:>7} {r['wall_s']:>8.1f} {r['images_per_s']:>9.1f} {r['cpu_ms_per_image']:>11.2f} "
               f"{r['server_cpu_ms_per_image']:>14.2f} {r['peak_rss'] / 2**20:>13.0f}  {notes}")
     if len(results) == 2:
@@ -221,8 +236,7 @@ def main() -> None:
         cpu_ratio = results["img2dataset"]["cpu_s"] / results["slip-kit"]["cpu_s"]
         results["ratio"] = {"images_per_s": round(ratio, 2), "cpu_per_image": round(cpu_ratio, 2)}
         print(f"ratio slip-kit / img2dataset: {ratio:.2f}x images/s; img2dataset uses {cpu_ratio:.2f}x our CPU "
-              f"time per image")
-    (OUT / "bench_images.json").write_text(json.dumps({"n": args.n, **results}, indent=2, default=str) + "\n")
+              f"time per image (load {os.getloadavg()[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import http.cookiejar
 import math
 import random
 import select
@@ -268,12 +269,25 @@ def _timeout(http_cfg: HttpConfig) -> httpx.Timeout:
                          write=http_cfg.read_timeout_s, pool=http_cfg.read_timeout_s)
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that neither stores nor sends cookies: downloads are stateless, so a server cannot tie one request
+    to the next, and httpx skips its per-response cookie parsing (5% of the crawler's event loop)."""
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
 def sync_client(http_cfg: HttpConfig, allow_hosts: Collection[str] = (), max_connections: int = 10) -> httpx.Client:
-    """A keep-alive client with config timeouts, the UA header, no automatic redirects, guarded connects."""
+    """A keep-alive client with config timeouts, the UA header, no automatic redirects, guarded connects, and
+    no cookies."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                           keepalive_expiry=30.0)
     return httpx.Client(transport=_GuardedTransport(allow_hosts, limits), timeout=_timeout(http_cfg),
-                        headers={"User-Agent": user_agent(http_cfg)}, follow_redirects=False, trust_env=False)
+                        headers={"User-Agent": user_agent(http_cfg)}, follow_redirects=False, trust_env=False,
+                        cookies=_NoCookies())
 
 
 def async_client(http_cfg: HttpConfig, allow_hosts: Collection[str] = (),
@@ -283,7 +297,7 @@ def async_client(http_cfg: HttpConfig, allow_hosts: Collection[str] = (),
                           keepalive_expiry=30.0)
     return httpx.AsyncClient(transport=_AsyncGuardedTransport(allow_hosts, limits), timeout=_timeout(http_cfg),
                              headers={"User-Agent": user_agent(http_cfg)}, follow_redirects=False,
-                             trust_env=False)
+                             trust_env=False, cookies=_NoCookies())
 
 
 def _next_hop(response: httpx.Response, method: str) -> tuple[str, str] | None:

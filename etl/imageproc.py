@@ -7,15 +7,16 @@ Choices, and why:
   different problem from a broken image (`decode_error`).
 - The pixel count in the header is checked *before* any pixel is decoded (a 100-byte PNG can claim 10^10 pixels);
   PIL's own `DecompressionBombError` is reported the same way (`too_large`).
-- JPEGs (nearly every product image) take a fast path: libjpeg-turbo (simplejpeg) decodes straight to the
-  smallest size in eighths of the original (1/8 .. 8/8, scaled in the DCT domain) whose sides stay >= the target,
-  so an 800x800 source costs a 300x300 decode; OpenCV resizes the remaining factor (area averaging, or bilinear
-  when the factor is <= 1.25, where the two differ by < 1.5 dB) and encodes. Measured on 800x800 JPEGs: 2.0 ms
-  per image against 3.4 ms for PIL's draft mode (1/2 scale only) + bicubic + PIL encode. Quality against a
-  full-resolution Lanczos reference (`bench/image_quality.py`): the same PSNR as img2dataset's full decode + area
-  resize on photo-like images; 1-2 dB below it on a zone plate and small text; far below on 3-px stripes, where
-  DCT-domain scaling aliases (as PIL's draft mode does). A JPEG the fast decoder refuses (CMYK, a broken stream)
-  goes the general way.
+- JPEGs (nearly every product image) take a fast path without PIL: libjpeg-turbo (simplejpeg) reads the header
+  (size, colour space; EXIF is parsed only when an Exif segment is there) and decodes straight to the smallest
+  size in eighths of the original (1/8 .. 8/8, scaled in the DCT domain) whose sides stay >= the target, so an
+  800x800 source costs a 300x300 decode; OpenCV resizes the remaining factor (area averaging, or bilinear when the
+  factor is <= 1.25, where the two differ by < 1.5 dB) and encodes. Measured on 800x800 JPEGs: 2.0 ms per image
+  against 3.4 ms for PIL's draft mode (1/2 scale only) + bicubic + PIL encode. Quality against a full-resolution
+  Lanczos reference (`bench/image_quality.py`): the same PSNR as img2dataset's full decode + area resize on
+  photo-like images; 1-2 dB below it on a zone plate and small text; far below on 3-px stripes, where DCT-domain
+  scaling aliases (as PIL's draft mode does). A JPEG the fast decoder refuses (CMYK, a broken stream) goes the
+  general way.
 - Everything else (PNG, WebP, GIF, ... and those JPEGs) is decoded by PIL at full size and resized with area
   averaging.
 - Images are never upscaled: a source smaller than `shorter_side` keeps its size (in `center_crop` mode it is cut
@@ -116,11 +117,13 @@ def process_image(data: bytes, *, shorter_side: int, mode: ResizeMode = "keep_ra
 
 
 def _convert(data: bytes, shorter_side: int, mode: ResizeMode, quality: int, max_pixels: int) -> ProcessedImage:
-    img = _open_checked(data, max_pixels)
-    width, height = img.size
-    orientation = _orientation(img)
-    pixels = _decode_jpeg_scaled(data, width, height, shorter_side) if img.format == "JPEG" else None
-    if pixels is None:
+    fast = _fast_jpeg(data, shorter_side, max_pixels)
+    if fast is not None:
+        pixels, width, height, orientation = fast
+    else:
+        img = _open_checked(data, max_pixels)
+        width, height = img.size
+        orientation = _orientation(img)
         pixels = cv2.cvtColor(np.asarray(_to_rgb(img)), cv2.COLOR_RGB2BGR)
     small = _resize(pixels, shorter_side, mode)
     if orientation in _ORIENT_ARRAY:
@@ -134,28 +137,67 @@ def _convert(data: bytes, shorter_side: int, mode: ResizeMode, quality: int, max
                           sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
 
 
-def _decode_jpeg_scaled(data: bytes, width: int, height: int, shorter_side: int) -> np.ndarray | None:
-    """BGR pixels at the smallest eighth-scale keeping both sides >= the target; None if libjpeg-turbo refuses."""
+def _fast_jpeg(data: bytes, shorter_side: int, max_pixels: int) -> tuple[np.ndarray, int, int, int] | None:
+    """(BGR pixels at the smallest eighth-scale keeping both sides >= the target, width, height, EXIF orientation)
+    of a JPEG libjpeg-turbo decodes; None for anything else (CMYK/YCCK, a broken stream, not a JPEG), which PIL
+    then decodes or names the problem of. PIL is not involved here: its header parse cost 6% of a worker."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None
+    if colorspace not in ("YCbCr", "Gray", "RGB"):
+        return None
+    _check_pixels(width, height, max_pixels)
     floor = min(shorter_side, width, height)  # never ask for more than the image has: no upscaling
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="BGR", min_height=floor, min_width=floor)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="BGR", min_height=floor, min_width=floor)
     except (ValueError, RuntimeError):
-        return None  # CMYK/YCCK, a truncated or corrupt stream: PIL decides (and names the problem)
+        return None
+    return pixels, width, height, _jpeg_orientation(data) if _has_exif(data) else 1
+
+
+def _has_exif(jpeg: bytes) -> bool:
+    """Whether a JPEG's leading APPn/COM segments hold an Exif block (most product images have none)."""
+    pos = 2
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF:
+        marker = jpeg[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if not (0xE0 <= marker <= 0xEF or marker == 0xFE):
+            return False  # past the application segments: frame/table data follows
+        if marker == 0xE1 and jpeg[pos + 4:pos + 10] == b"Exif\x00\x00":
+            return True
+        pos += 2 + int.from_bytes(jpeg[pos + 2:pos + 4], "big")
+    return False
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageRejected("too_large", f"{width}x{height} = {pixels} pixels > max_pixels {max_pixels} "
+                                         f"(refused before decoding)")
+    if pixels == 0:
+        raise ImageRejected("decode_error", f"empty image {width}x{height}")
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only), refuse by pixel count, verify the structure; nothing is decoded yet."""
     img = Image.open(io.BytesIO(data))
-    pixels = img.size[0] * img.size[1]
-    if pixels > max_pixels:
-        raise ImageRejected("too_large", f"{img.size[0]}x{img.size[1]} = {pixels} pixels > max_pixels {max_pixels} "
-                                         f"(refused before decoding)")
-    if pixels == 0:
-        raise ImageRejected("decode_error", f"empty image {img.size[0]}x{img.size[1]}")
+    _check_pixels(*img.size, max_pixels)
     if img.format != "JPEG":  # PNG: chunk CRCs, etc.; a JPEG's verify() checks nothing and would cost a re-open
         img.verify()
         img = Image.open(io.BytesIO(data))
     return img
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    try:
+        return _orientation(Image.open(io.BytesIO(data)))
+    except _DECODE_ERRORS:
+        return 1  # the pixels decoded; an unreadable header copy does not make them unusable
 
 
 def _orientation(img: Image.Image) -> int:

@@ -1,10 +1,11 @@
 """Stage `images`: download, validate and resize the main image of every kept node, resumable per sample.
 
 Results go to append-only Parquet chunks (`chunks/part-NNNNNN.parquet`, each written atomically every
-`images.chunk_rows` results), so a killed run loses at most the results not yet in a chunk. A later chunk's row
-supersedes an earlier one for the same node. On start the stage reads the chunks, keeps every node whose latest
-status is final and fetches only the rest (never fetched, or failed with a retriable status). At the end
-`status.parquet` holds the resolved latest row per node (without the JPEG). The crawl itself is `etl.crawler`.
+`images.chunk_rows` results; the format is `etl.imagechunks`), so a killed run loses at most the results not yet
+in a chunk. A later chunk's row supersedes an earlier one for the same node. On start the stage reads the chunks,
+keeps every node whose latest status is final and fetches only the rest (never fetched, or failed with a retriable
+status). At the end `status.parquet` holds the resolved latest row per node (without the JPEG). The crawl itself
+is `etl.crawler`.
 
 A finished stage is skipped by the framework; `slip-etl images --force` runs it again over the kept chunks, so
 only nodes still missing or failed with a retriable status (after `images.retries`) are requested again. To start
@@ -13,34 +14,23 @@ over, delete `work/images/`. `attempts` counts across runs.
 from __future__ import annotations
 
 import asyncio
-import re
-import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 
 import schemas
 from etl import atomic
 from etl.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
 from etl.http import is_retriable, user_agent
-from etl.stage import Counts, StageContext, StageError, StageResult, read_parquet_columns
+from etl.imagechunks import ChunkWriter, chunk_paths, read_latest
+from etl.stage import Counts, StageContext, StageError, StageResult
 
 CHUNK_DIR = "chunks"
-CHUNK_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
 FINAL_STATUSES = frozenset({"ok", "not_image", "too_large", "decode_error", "blocked_url", "no_url",
                             "robots_optout"})
 PROGRESS_EVERY = 64  # results between progress-bar postfix updates
-
-
-def chunk_schema() -> pa.Schema:
-    """The image_status schema with the `jpeg` column the chunks add (after `height`, as in the contract)."""
-    base = schemas.arrow_schema("image_status")
-    return base.insert(base.get_field_index("height") + 1, pa.field("jpeg", pa.large_binary(), nullable=True))
 
 
 def is_final(status: str, http_status: int | None) -> bool:
@@ -48,79 +38,6 @@ def is_final(status: str, http_status: int | None) -> bool:
     if status == "http_error":
         return http_status is None or not is_retriable(http_status)
     return status in FINAL_STATUSES
-
-
-def chunk_paths(chunks_dir: Path) -> list[Path]:
-    """The chunk files in write order (temporary files of a killed write are not chunks)."""
-    if not chunks_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in chunks_dir.iterdir() if (m := CHUNK_NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def read_latest(chunks_dir: Path) -> pl.DataFrame:
-    """The latest row per node over all chunks (image_status columns, no `jpeg`), in node_id order."""
-    names = schemas.arrow_schema("image_status").names
-    frames = []
-    for path in chunk_paths(chunks_dir):
-        try:
-            frames.append(pl.from_arrow(read_parquet_columns(path, names)))
-        except (OSError, pa.ArrowException) as exc:
-            raise StageError(f"image chunk {path} is unreadable ({exc}); delete it to refetch its images, or "
-                             f"delete work/images/ to start the images stage over") from None
-    if not frames:
-        return pl.from_arrow(schemas.arrow_schema("image_status").empty_table())
-    return pl.concat(frames).unique(subset="node_id", keep="last", maintain_order=True).sort("node_id")
-
-
-def iter_ok_images(chunks_dir: Path) -> Iterator[tuple[int, bytes]]:
-    """(node_id, jpeg) for every node whose latest result is ok, one chunk in memory at a time (for `shards`)."""
-    paths = chunk_paths(chunks_dir)
-    ids = [read_parquet_columns(p, ["node_id"]).column("node_id").to_numpy() for p in paths]
-    latest = np.full(max((int(a.max()) for a in ids if len(a)), default=-1) + 1, -1, dtype=np.int64)
-    for index, chunk_ids in enumerate(ids):
-        latest[chunk_ids] = index  # later chunks overwrite earlier ones: the supersession rule
-    for index, path in enumerate(paths):
-        table = read_parquet_columns(path, ["node_id", "status", "jpeg"])
-        for node_id, status, jpeg in zip(table.column("node_id").to_pylist(), table.column("status").to_pylist(),
-                                         table.column("jpeg").to_pylist(), strict=True):
-            if latest[node_id] == index and status == "ok":
-                yield node_id, jpeg
-
-
-class ChunkWriter:
-    """Buffers results and writes each full buffer as the next chunk, atomically, in a thread off the event loop."""
-
-    def __init__(self, chunks_dir: Path, chunk_rows: int) -> None:
-        self.chunks_dir = chunks_dir
-        self.chunk_rows = chunk_rows
-        existing = chunk_paths(chunks_dir)
-        self.next_index = int(CHUNK_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
-        self.rows: list[CrawlResult] = []
-        self._write_lock = threading.Lock()  # chunks are written one at a time, in index order
-
-    async def add(self, result: CrawlResult) -> None:
-        self.rows.append(result)
-        if len(self.rows) >= self.chunk_rows:
-            rows, self.rows = self.rows, []
-            await asyncio.to_thread(self._write, rows)
-
-    def flush(self) -> None:
-        """Write what is buffered (end of the crawl, or an interrupted one: finished results are kept)."""
-        rows, self.rows = self.rows, []
-        if rows:
-            self._write(rows)
-
-    def _write(self, rows: list[CrawlResult]) -> None:
-        schema = chunk_schema()
-        table = pa.Table.from_pylist([{f.name: getattr(r, f.name) for f in schema} for r in rows], schema=schema)
-        other = [n for n in schema.names if n != "jpeg"]
-        with self._write_lock:
-            path = self.chunks_dir / f"part-{self.next_index:06d}.parquet"
-            self.next_index += 1
-            # JPEG bytes do not compress: store them plain and skip dictionaries/statistics for them.
-            atomic.write_parquet(path, table, compression={**dict.fromkeys(other, "zstd"), "jpeg": "none"},
-                                 use_dictionary=other, write_statistics=other)
 
 
 def kept_nodes(ctx: StageContext) -> pl.DataFrame:

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from etl import atomic
 from etl.config import ShardsConfig
+from etl.imagechunks import iter_ok_chunks
 from etl.ordering import graph_order, in_batch_stats, random_order, shuffle_buffer_permutation
 from etl.stage import Counts, StageContext, StageError, StageResult, file_sha256, read_parquet_columns
 from etl.tarwriter import BLOCK, RECORD, TarWriter
@@ -84,7 +85,10 @@ def run(ctx: StageContext) -> StageResult:
         "caption": cfg.caption,
         "resumed_shards": len(meta["shards"]) - len(todo),
     }
+    written = {s["name"]: json.loads((out / DONE_DIR / f"{s['name']}.json").read_text(encoding="utf-8"))
+               for s in meta["shards"]}
     return StageResult(outputs={"shards": shards_dir},
+                       known_hashes={"shards": {name: (d["sha256"], d["bytes"]) for name, d in written.items()}},
                        counts=Counts(input=c["input"], kept=c["kept"], rejected=c["rejected"],
                                      filtered=c["filtered"]),
                        stats=stats, provenance={"ordering": cfg.ordering, "seed": cfg.seed})
@@ -183,39 +187,62 @@ def _staged_index(ctx: StageContext) -> pl.DataFrame:
 
 
 def _stage_images(ctx: StageContext, staging: Path) -> None:
-    """Copy the latest ok JPEG of every kept node into one flat file (index written last = complete)."""
-    from etl.images import iter_ok_images  # the images stage owns the chunk format and supersession rule
+    """Copy the latest ok JPEG of every kept node into one flat file (index written last = complete).
 
+    Column-wise: one write per chunk and the JPEG check over the whole chunk, no Python object per image.
+    """
     kept = read_parquet_columns(ctx.input("edges", "node_filter"), ["node_id", "kept"])
     kept_ids = kept.column("node_id").to_numpy()[kept.column("kept").to_numpy(zero_copy_only=False)]
     wanted = np.zeros(int(kept_ids.max()) + 1 if len(kept_ids) else 0, dtype=bool)
     wanted[kept_ids] = True
-    offsets: dict[int, tuple[int, int]] = {}
+    columns: dict[str, list[np.ndarray]] = {"node_id": [], "offset": [], "length": []}
     bar = ctx.progress(total=len(kept_ids), desc="shards: staging images", unit="img")
     with atomic.atomic_open(staging / "blobs.bin", "wb") as fh:
         position = 0
-        for node_id, jpeg in iter_ok_images(ctx.input("images", "chunks")):
-            if node_id >= len(wanted) or not wanted[node_id]:
-                continue
-            if not is_jpeg(jpeg):
-                offsets[node_id] = (0, -1)
-                continue
-            fh.write(jpeg)
-            offsets[node_id] = (position, len(jpeg))
-            position += len(jpeg)
-            bar.update()
+        for node_ids, jpegs in iter_ok_chunks(ctx.input("images", "chunks")):
+            keep = np.zeros(len(node_ids), dtype=bool)
+            inside = node_ids < len(wanted)
+            keep[inside] = wanted[node_ids[inside]]
+            node_ids, jpegs = node_ids[keep], jpegs.filter(pa.array(keep))
+            good = jpeg_mask(jpegs)
+            offsets = lengths = np.zeros(0, np.int64)
+            if good.any():
+                starts, data = _binary_buffers(jpegs.filter(pa.array(good)))
+                fh.write(data[starts[0]:starts[-1]])
+                offsets, lengths = position + starts[:-1] - starts[0], np.diff(starts)
+                position += int(starts[-1] - starts[0])
+            bad = node_ids[~good]
+            columns["node_id"] += [node_ids[good], bad]
+            columns["offset"] += [offsets, np.zeros(len(bad), np.int64)]
+            columns["length"] += [lengths, np.full(len(bad), -1, np.int64)]  # -1: bytes present but not a JPEG
+            bar.update(len(node_ids))
     bar.close()
-    ids = sorted(offsets)
-    atomic.write_parquet(staging / "index.parquet", pa.table({
-        "node_id": pa.array(ids, pa.int64()),
-        "offset": pa.array([offsets[i][0] for i in ids], pa.int64()),
-        "length": pa.array([offsets[i][1] for i in ids], pa.int64()),
-    }))
+    merged = {name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in columns.items()}
+    order = np.argsort(merged["node_id"], kind="stable")
+    atomic.write_parquet(staging / "index.parquet",
+                         pa.table({name: pa.array(values[order], pa.int64()) for name, values in merged.items()}))
 
 
-def is_jpeg(data: bytes | None) -> bool:
-    """Cheap structural check: JPEG start (SOI) and end (EOI) markers; the images stage wrote these."""
-    return bool(data) and data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
+def _binary_buffers(array: pa.Array) -> tuple[np.ndarray, memoryview]:
+    """(the n + 1 value offsets, the data buffer) of a non-empty large_binary array, without copying."""
+    _, offsets, data = array.buffers()
+    starts = np.frombuffer(offsets, dtype=np.int64, count=len(array) + 1, offset=array.offset * 8)
+    return starts, memoryview(data) if data is not None else memoryview(b"")
+
+
+def jpeg_mask(jpegs: pa.Array) -> np.ndarray:
+    """Per value: starts with the JPEG start marker (FF D8 FF) and ends with the end marker (FF D9), as every
+    image the images stage wrote does. A cheap structural check over a whole column; nulls are not JPEGs."""
+    if len(jpegs) == 0:
+        return np.zeros(0, dtype=bool)
+    starts, data = _binary_buffers(jpegs)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    first, end = starts[:-1], starts[1:]
+    mask = (end - first >= 3) & ~jpegs.is_null().to_numpy(zero_copy_only=False)
+    first, end = first[mask], end[mask]
+    mask[mask] = ((raw[first] == 0xFF) & (raw[first + 1] == 0xD8) & (raw[first + 2] == 0xFF)
+                  & (raw[end - 2] == 0xFF) & (raw[end - 1] == 0xD9))
+    return mask
 
 
 # --- the plan ---------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def _template() -> bytearray:
 
 
 _TEMPLATE = bytes(_template())
+_TEMPLATE_SUM = sum(_TEMPLATE)  # the name and size fields are NULs in the template: they add their own bytes
 _ZEROS = bytes(RECORD)
 
 
@@ -41,11 +42,10 @@ def member_header(name: str, size: int) -> bytes:
         raise ValueError(f"tar member name must be 1-{NAME_MAX} ASCII bytes, got {name!r}")
     if not 0 <= size < 8 ** 11:
         raise ValueError(f"tar member {name!r}: size {size} does not fit a ustar header")
-    header = bytearray(_TEMPLATE)
-    header[:len(raw)] = raw
-    header[124:136] = b"%011o\0" % size
-    header[148:155] = b"%06o\0" % sum(header)
-    return bytes(header)
+    size_field = b"%011o\0" % size
+    checksum = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
+    return b"".join((raw, _ZEROS[:NAME_MAX - len(raw)], _TEMPLATE[NAME_MAX:124], size_field, _TEMPLATE[136:148],
+                     checksum, _TEMPLATE[156:]))
 
 
 class TarWriter:
@@ -65,10 +65,7 @@ class TarWriter:
         self.bytes += len(data)
 
     def add(self, name: str, data: bytes) -> None:
-        self._write(member_header(name, len(data)))
-        self._write(data)
-        if pad := -len(data) % BLOCK:
-            self._write(_ZEROS[:pad])
+        self._write(b"".join((member_header(name, len(data)), data, _ZEROS[:-len(data) % BLOCK])))
 
     def close(self) -> None:
         """Two zero blocks end the archive; zeros up to the record boundary follow."""

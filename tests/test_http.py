@@ -41,6 +41,7 @@ def server():
         "/short": Cut(BODY, after=1000, reset=False),
         "/stall": Stall(5.0),
         "/teapot": Status(418, body=b"short and stout"),
+        "/cookie": Serve(b"tracked", headers={"Set-Cookie": "session=abc123; Path=/"}),
     }
     with FaultServer(routes) as s:
         yield s
@@ -197,6 +198,26 @@ def test_async_client_get(cfg, server) -> None:
             return await asyncio.gather(*(one("/hop1") for _ in range(8)))
 
     assert asyncio.run(go()) == [BODY] * 8
+
+
+def test_clients_neither_store_nor_send_cookies(cfg, server) -> None:
+    server.clear_log()
+    with http.sync_client(cfg.http, LOCAL) as client:
+        for _ in range(2):
+            with stream_checked(client, server.url("/cookie"), allow_hosts=LOCAL) as r:
+                assert r.headers["set-cookie"].startswith("session=") and read_capped(r, 100) == b"tracked"
+        assert not client.cookies
+
+    async def twice() -> None:
+        async with http.async_client(cfg.http, LOCAL) as client:
+            for _ in range(2):
+                async with stream_checked_async(client, server.url("/cookie"), allow_hosts=LOCAL) as r:
+                    assert await read_capped_async(r, 100) == b"tracked"
+            assert not client.cookies
+
+    asyncio.run(twice())
+    hits = server.hits("/cookie")
+    assert len(hits) == 4 and all("cookie" not in hit.headers for hit in hits)
 
 
 def test_parse_retry_after() -> None:

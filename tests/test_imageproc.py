@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from etl.imageproc import ImageRejected, looks_like_image, process_image
+from etl.imageproc import ImageRejected, _has_exif, looks_like_image, process_image
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -179,6 +179,31 @@ def test_bomb_is_refused_from_the_header_without_decoding(monkeypatch):
     with pytest.raises(ImageRejected) as exc:
         process_image(png_claiming(3000, 3000), shorter_side=256, max_pixels=1_000_000)
     assert exc.value.status == "too_large" and "before decoding" in exc.value.message
+
+
+def test_a_jpeg_bomb_is_refused_from_its_header_without_decoding(monkeypatch):
+    import simplejpeg
+
+    def no_decoding(*args, **kw):
+        raise AssertionError("pixels were decoded")
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    data = bytearray(encode(photo(64, 48), "JPEG", quality=90))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 60_000, 60_000)  # height, width
+    with pytest.raises(ImageRejected) as exc:
+        process_image(bytes(data), shorter_side=256, max_pixels=40_000_000)
+    assert exc.value.status == "too_large" and "60000x60000" in exc.value.message
+
+
+def test_exif_is_found_only_where_a_jpeg_has_it():
+    img = photo(64, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert not _has_exif(encode(img, "JPEG"))
+    assert _has_exif(encode(img, "JPEG", exif=exif.tobytes()))
+    assert _has_exif(encode(img, "JPEG", exif=exif.tobytes(), comment=b"made by a test", icc_profile=b"x" * 300))
+    assert not _has_exif(b"\xff\xd8\xff")  # truncated: no segment to read
 
 
 def test_a_huge_claim_beyond_pils_own_limit_is_too_large():

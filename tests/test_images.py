@@ -26,7 +26,7 @@ from servers import Cut, FaultServer, Redirect, Serve, Stall, Status, fail_then
 
 import schemas
 from etl.imagepool import ImageWorkers
-from etl.images import chunk_paths, chunk_schema, iter_ok_images, read_latest
+from etl.imagechunks import chunk_paths, chunk_schema, iter_ok_images, read_latest
 from etl.sample import generate_catalog, serve_directory
 
 pytestmark = pytest.mark.timeout(120)
@@ -312,6 +312,24 @@ def test_a_dead_worker_process_is_replaced_and_its_queue_resent():
 
     restarts, heights = asyncio.run(go())
     assert restarts == 1 and heights == [32] * 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/environ")
+def test_workers_get_the_malloc_tuning_unless_the_user_set_it(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+
+    async def worker_env() -> dict[str, str]:
+        workers = ImageWorkers(1, shorter_side=32)
+        await workers.start()
+        try:
+            await workers.process(jpeg(1))
+            worker = next(c for c in psutil.Process().children() if "etl.imagepool" in c.cmdline())
+            return worker.environ()
+        finally:
+            await workers.close()
+
+    env = asyncio.run(worker_env())
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(8 << 20) and env["MALLOC_TRIM_THRESHOLD_"] == "12345"
 
 
 def test_sample_catalog_images_through_the_cdn_rewrite(tmp_path):

@@ -23,8 +23,9 @@ import webdataset as wds
 from PIL import Image
 
 import schemas
-from etl.images import chunk_schema
-from etl.shards import cap_text, make_caption
+from etl.imagechunks import chunk_schema
+from etl.shards import cap_text, jpeg_mask, make_caption
+from etl.stage import describe_output
 from harness import adopt_stage, load_config, make_opts, run
 
 TESTS = Path(__file__).parent
@@ -218,6 +219,8 @@ def test_members_keys_sizes_and_accounting(built):
     assert stats["samples"] == len(seen) and stats["shards"] == len(shards)
     assert set(stats["ordering"]) >= {"64", "256", "1024"}
     assert not (opts.work_dir / "shards" / "staging").exists(), "staging is removed once every shard is written"
+    # the hashes taken while writing are the files' hashes
+    assert record["outputs"]["shards"] == describe_output(opts.dataset_root, folder)
 
 
 def test_graph_order_keeps_clusters_contiguous_and_webdataset_reads_it(built):
@@ -267,6 +270,16 @@ def test_random_ordering_and_byte_limit(tmp_path):
     assert sorted(m["node_id"] for m in metas) == sorted(expected_samples())
     texts = {json.loads(m["json"])["node_id"]: m["txt"].decode() for s in shards.values() for _, m in s}
     assert texts[1] == "Product 1 | model X-1"
+
+
+def test_jpeg_mask_checks_start_and_end_markers_column_wise():
+    values = [tiny_jpeg(1), None, b"", b"\xff\xd8", b"\xff\xd8\xff\xd9", b"\xff\xd8\xff" + b"x" * 40,
+              b"<html>\xff\xd9", tiny_jpeg(2)[:-1], tiny_jpeg(3)]
+    expected = [True, False, False, False, True, False, False, False, True]
+    column = pa.array(values, pa.large_binary())
+    assert jpeg_mask(column).tolist() == expected
+    assert jpeg_mask(column.slice(3)).tolist() == expected[3:]  # an array view that starts mid-buffer
+    assert jpeg_mask(column.slice(0, 0)).tolist() == []
 
 
 def test_caption_recipes():
