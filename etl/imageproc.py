@@ -44,8 +44,9 @@ cv2.setNumThreads(1)  # one image per worker process; the workers are the parall
 ResizeMode = Literal["keep_ratio", "center_crop"]
 
 # Leading bytes of the formats product images come in: (offset, signature).
+JPEG_START = b"\xff\xd8\xff"
 _MAGIC: tuple[tuple[int, bytes], ...] = (
-    (0, b"\xff\xd8\xff"),                  # JPEG
+    (0, JPEG_START),                       # JPEG
     (0, b"\x89PNG\r\n\x1a\n"),             # PNG
     (0, b"GIF87a"), (0, b"GIF89a"),        # GIF
     (0, b"BM"),                            # BMP
@@ -140,8 +141,8 @@ def _convert(data: bytes, shorter_side: int, mode: ResizeMode, quality: int, max
 def _fast_jpeg(data: bytes, shorter_side: int, max_pixels: int) -> tuple[np.ndarray, int, int, int] | None:
     """(BGR pixels at the smallest eighth-scale keeping both sides >= the target, width, height, EXIF orientation)
     of a JPEG libjpeg-turbo decodes; None for anything else (CMYK/YCCK, a broken stream, not a JPEG), which PIL
-    then decodes or names the problem of. PIL is not involved here: its header parse cost 6% of a worker."""
-    if data[:3] != b"\xff\xd8\xff":
+    then decodes or names the problem of. PIL is not involved here: opening the file with it cost ~0.3 ms/image."""
+    if not data.startswith(JPEG_START):
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)

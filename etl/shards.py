@@ -85,10 +85,10 @@ def run(ctx: StageContext) -> StageResult:
         "caption": cfg.caption,
         "resumed_shards": len(meta["shards"]) - len(todo),
     }
-    written = {s["name"]: json.loads((out / DONE_DIR / f"{s['name']}.json").read_text(encoding="utf-8"))
-               for s in meta["shards"]}
+    written = {s["name"]: _done_record(out, s["name"]) or {} for s in meta["shards"]}
     return StageResult(outputs={"shards": shards_dir},
-                       known_hashes={"shards": {name: (d["sha256"], d["bytes"]) for name, d in written.items()}},
+                       known_hashes={"shards": {name: (d["sha256"], d["bytes"]) for name, d in written.items()
+                                                if d}},
                        counts=Counts(input=c["input"], kept=c["kept"], rejected=c["rejected"],
                                      filtered=c["filtered"]),
                        stats=stats, provenance={"ordering": cfg.ordering, "seed": cfg.seed})
@@ -203,19 +203,18 @@ def _stage_images(ctx: StageContext, staging: Path) -> None:
             keep = np.zeros(len(node_ids), dtype=bool)
             inside = node_ids < len(wanted)
             keep[inside] = wanted[node_ids[inside]]
-            node_ids, jpegs = node_ids[keep], jpegs.filter(pa.array(keep))
-            good = jpeg_mask(jpegs)
+            is_jpeg = jpeg_mask(jpegs)
+            good, bad = node_ids[keep & is_jpeg], node_ids[keep & ~is_jpeg]
             offsets = lengths = np.zeros(0, np.int64)
-            if good.any():
-                starts, data = _binary_buffers(jpegs.filter(pa.array(good)))
+            if len(good):
+                starts, data = _binary_buffers(jpegs.filter(pa.array(keep & is_jpeg)))
                 fh.write(data[starts[0]:starts[-1]])
                 offsets, lengths = position + starts[:-1] - starts[0], np.diff(starts)
                 position += int(starts[-1] - starts[0])
-            bad = node_ids[~good]
-            columns["node_id"] += [node_ids[good], bad]
+            columns["node_id"] += [good, bad]
             columns["offset"] += [offsets, np.zeros(len(bad), np.int64)]
             columns["length"] += [lengths, np.full(len(bad), -1, np.int64)]  # -1: bytes present but not a JPEG
-            bar.update(len(node_ids))
+            bar.update(len(good) + len(bad))
     bar.close()
     merged = {name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in columns.items()}
     order = np.argsort(merged["node_id"], kind="stable")
@@ -359,14 +358,21 @@ def _ordering_stats(order: np.ndarray, labels: np.ndarray, pairs: tuple[np.ndarr
 # --- writing ----------------------------------------------------------------------------------------------------
 
 
+def _done_record(out: Path, name: str) -> dict[str, Any] | None:
+    """{sha256, bytes, samples} written when the shard was finished; None if absent or unreadable."""
+    done = out / DONE_DIR / f"{name}.json"
+    if not done.is_file():
+        return None
+    try:
+        return json.loads(done.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
 def _is_done(out: Path, name: str) -> bool:
     """A shard recorded as finished whose file still has the recorded size and sha256."""
-    done, tar = out / DONE_DIR / f"{name}.json", out / SHARDS_DIR / name
-    if not done.is_file() or not tar.is_file():
-        return False
-    try:
-        record = json.loads(done.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    record, tar = _done_record(out, name), out / SHARDS_DIR / name
+    if record is None or not tar.is_file():
         return False
     if tar.stat().st_size != record.get("bytes"):
         return False
