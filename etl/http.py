@@ -1,8 +1,9 @@
 """The one HTTP client every download uses: URL safety on every hop, timeouts, retries, byte caps, politeness.
 
-Both clients (sync for `fetch`, async for `images`) connect through a network backend that resolves the host,
-refuses internal addresses (`etl.urlsafety`) and connects to exactly the addresses it checked, so neither a
-redirect nor a DNS answer that changes between check and connect can reach 127.0.0.1 or a metadata service.
+Both clients (sync for `fetch` on httpx's own stack, async for `images` on `etl.h1transport`) connect through a
+guard that resolves the host, refuses internal addresses (`etl.urlsafety`) and connects to exactly the addresses
+it checked, so neither a redirect nor a DNS answer that changes between check and connect can reach 127.0.0.1 or
+a metadata service.
 Redirects are never followed by httpx: `send_checked` follows them itself, checking each hop and counting them.
 
 Exceptions callers see: `BlockedURL` (refused; permanent), `UnresolvableHost` (DNS failure; a connect error),
@@ -19,7 +20,6 @@ import functools
 import http.cookiejar
 import math
 import random
-import select
 import ssl
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +30,8 @@ import httpcore
 import httpx
 
 from etl.config import HttpConfig
-from etl.urlsafety import (BlockedURL, PassedHosts, UnresolvableHost, check_url, check_url_async, resolve_checked,
-                           resolve_checked_async)
+from etl.h1transport import H1Transport
+from etl.urlsafety import BlockedURL, PassedHosts, UnresolvableHost, check_url, check_url_async, resolve_checked
 
 __all__ = [
     "BlockedURL", "PassedHosts", "UnresolvableHost", "TooLarge", "TooManyRedirects", "RetryPolicy", "HostThrottle",
@@ -136,19 +136,7 @@ class RetryPolicy:
         return self.rng.uniform(0.0, ceiling)
 
 
-def is_socket_readable(sock: Any) -> bool:
-    """True when the peer has sent something or hung up (on an idle keep-alive connection: it is unusable)."""
-    fd = -1 if sock is None else sock.fileno()
-    if fd < 0:
-        return True  # closed: the next read would return b""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([fd], [], [], 0)[0])
-
-
-# --- connection guard: every TCP connect goes to addresses urlsafety has checked ---------------------------
+# --- connection guard (sync client): every TCP connect goes to addresses urlsafety has checked ---------------
 
 class _GuardedBackend(httpcore.NetworkBackend):
     def __init__(self, allow_hosts: Collection[str]) -> None:
@@ -177,74 +165,14 @@ class _GuardedBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, allow_hosts: Collection[str]) -> None:
-        self._inner = httpcore.AnyIOBackend()
-        self._allow = tuple(allow_hosts)
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await resolve_checked_async(host, port, self._allow)
-        except UnresolvableHost as exc:
-            raise httpcore.ConnectError(str(exc)) from None
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                return _CheapReadableStream(
-                    await self._inner.connect_tcp(address, port, timeout, local_address, socket_options))
-            except httpcore.ConnectError as exc:
-                last = exc
-        raise last or httpcore.ConnectError(f"no address for {host}")
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are not used by SLIP-kit downloads")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _CheapReadableStream(httpcore.AsyncNetworkStream):
-    """AnyIO's stream, but answering httpcore's per-request "is_readable" probe from a cached socket.
-
-    httpcore asks every idle pooled connection whether the server hung up (`has_expired`) before each request;
-    AnyIO answers by building its whole typed-attribute map (a `getpeername` syscall included) each time, which
-    was 12% of the crawler's CPU.
-    """
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return _CheapReadableStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable" and self._socket is not None:
-            return is_socket_readable(self._socket)
-        return self._inner.get_extra_info(info)
-
-
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One verifying context for every client (loading the CA bundle costs ~30 ms each time)."""
     return httpx.create_ssl_context()
 
 
-# httpx has no public hook for a network backend. Its transports do all their work through `self._pool`
-# (httpx 0.23 - 0.28; pyproject pins httpx < 1), so these subclasses build that pool themselves with the guard.
+# httpx has no public hook for a network backend. Its transport does all its work through `self._pool`
+# (httpx 0.23 - 0.28; pyproject pins httpx < 1), so this subclass builds that pool itself with the guard.
 # tests/test_http.py fails if a future httpx stops honouring it (a refused address would then connect).
 
 class _GuardedTransport(httpx.HTTPTransport):
@@ -253,14 +181,6 @@ class _GuardedTransport(httpx.HTTPTransport):
             ssl_context=_ssl_context(), max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
             network_backend=_GuardedBackend(allow_hosts))
-
-
-class _AsyncGuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, allow_hosts: Collection[str], limits: httpx.Limits) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=_ssl_context(), max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_AsyncGuardedBackend(allow_hosts))
 
 
 def _timeout(http_cfg: HttpConfig) -> httpx.Timeout:
@@ -292,10 +212,10 @@ def sync_client(http_cfg: HttpConfig, allow_hosts: Collection[str] = (), max_con
 
 def async_client(http_cfg: HttpConfig, allow_hosts: Collection[str] = (),
                  max_connections: int = 64) -> httpx.AsyncClient:
-    """The async twin of `sync_client`; per-host limits and rates are `HostThrottle`'s job."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                          keepalive_expiry=30.0)
-    return httpx.AsyncClient(transport=_AsyncGuardedTransport(allow_hosts, limits), timeout=_timeout(http_cfg),
+    """The async twin of `sync_client`, on the crawler's own transport (`etl.h1transport`: the same guard, a
+    fraction of the CPU per request); per-host limits and rates are `HostThrottle`'s job."""
+    transport = H1Transport(allow_hosts, max_connections, keepalive_expiry_s=30.0, ssl_context=_ssl_context())
+    return httpx.AsyncClient(transport=transport, timeout=_timeout(http_cfg),
                              headers={"User-Agent": user_agent(http_cfg)}, follow_redirects=False,
                              trust_env=False, cookies=_NoCookies())
 
