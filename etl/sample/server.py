@@ -69,6 +69,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "slip-sample"
+    # The head and the body go out in separate writes: with Nagle's algorithm the body would wait for the client's
+    # (possibly delayed, 40 ms) ACK of the head. Production servers set TCP_NODELAY too.
+    disable_nagle_algorithm = True
     timeout = IDLE_TIMEOUT_S
     server: _Server
 
