@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from etl.h1wire import ChunkedDecoder, Framing, ProtocolError, ResponseHead, body_framing, head_end, parse_head, \
-    request_head
+from etl.h1wire import (ChunkedDecoder, Framing, ProtocolError, ResponseHead, body_framing, head_end, parse_head,
+                        request_head)
 from etl.urlsafety import UnresolvableHost, resolve_checked_async
 
 READ_HIGH_WATER = 1 << 20  # stop reading from a socket whose unread bytes pass this (flow control)
@@ -56,7 +56,10 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._socket is not None:
-            self._socket.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)  # the kernel resets it: set per read
+            try:
+                self._socket.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)  # the kernel resets it: set per read
+            except OSError:  # not a TCP socket after all: only a missed optimisation
+                self._socket = None
         self.buffer += data
         if len(self.buffer) > READ_HIGH_WATER and not self.paused:
             self.paused = True
