@@ -251,7 +251,9 @@ class H1Transport(httpx.AsyncBaseTransport):
             addresses = await resolve_checked_async(host, port, self._allow)  # BlockedURL passes through
         except UnresolvableHost as exc:
             raise httpx.ConnectError(str(exc), request=request) from None
-        tls = (self._ssl or ssl.create_default_context()) if scheme == "https" else None
+        if scheme == "https" and self._ssl is None:
+            self._ssl = httpx.create_ssl_context()  # once: loading the CA bundle costs ~30 ms
+        tls = self._ssl if scheme == "https" else None
         loop = asyncio.get_running_loop()
         self._make_room()
         error: httpx.TransportError | None = None
