@@ -65,8 +65,8 @@ def nodes_file(folder: Path, n_products: int) -> Path:
 def run_ours(reviews: Path, nodes: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     import polars as pl
 
-    from etl.edges import AsinIndex, read_purchases
-    from etl.graph import project_copurchase
+    from etl.graph.projection import project_copurchase
+    from etl.stages.edges import AsinIndex, read_purchases
 
     table = pl.read_parquet(nodes)
     node_ids = table["node_id"].to_numpy()

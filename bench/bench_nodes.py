@@ -100,10 +100,11 @@ def child_duckdb(path: Path, out: Path) -> dict[str, Any]:
 
 
 def child_ours(path: Path, root: Path) -> dict[str, Any]:
-    from etl.config import load_config
-    from etl.stage import run_stages
-    from etl.stages import STAGES
     from harness import make_opts
+
+    from etl.config import load_config
+    from etl.core.stage import run_stages
+    from etl.stages import STAGES
 
     cfg = load_config()
     opts = make_opts(root)
@@ -114,8 +115,9 @@ def child_ours(path: Path, root: Path) -> dict[str, Any]:
 
 def adopt_input(path: Path, root: Path) -> None:
     """Make `path` the finished fetch output of a dataset root (hard link when possible: no 5 GB copy)."""
-    from etl.config import load_config
     from harness import adopt_stage, make_opts
+
+    from etl.config import load_config
 
     cfg = load_config()
     opts = make_opts(root)

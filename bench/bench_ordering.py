@@ -1,6 +1,6 @@
 """Benchmark the graph-aware shard order: in-batch neighbours vs a random order, and partition time at scale.
 
-For each graph: the train split's nodes are ordered by `etl.ordering.graph_order` and by a seeded shuffle; batches
+For each graph: the train split's nodes are ordered by `etl.graph.ordering.graph_order` and by a seeded shuffle; batches
 of 64 / 256 / 1024 are cut from each order as written (no shuffle) and after webdataset's sample shuffle buffer
 (`--buffer`, default 1000), and the table reports the share of samples with >= 1 in-batch neighbour, in-batch
 edges per batch and distinct labels per batch.
@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from etl.ordering import graph_order, in_batch_stats, random_order, shuffle_buffer_permutation
+from etl.graph.ordering import (
+    graph_order,
+    in_batch_stats,
+    random_order,
+    shuffle_buffer_permutation,
+)
 
 BATCH_SIZES = (64, 256, 1024)
 

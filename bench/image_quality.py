@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etl.imageproc import process_image  # noqa: E402
+from etl.imaging.process import process_image  # noqa: E402
 
 SIDE = 256
 QUALITY = 95

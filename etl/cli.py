@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from etl.config import ConfigError, PipelineConfig, load_config
-from etl.stage import RunOptions, StageError, run_stages
+from etl.core.stage import RunOptions, StageError, run_stages
 from etl.stages import STAGES
 
 app = typer.Typer(
@@ -59,7 +59,7 @@ def _run(targets: list[str], force: list[str], category: str, source: str, out: 
          overrides: list[str] | None, mirror: str | None, allow_host: list[str] | None, progress: bool,
          verbose: int) -> tuple[dict, RunOptions]:
     """Run stages with the source reachable; return the records and the resolved options."""
-    from etl.source import open_source
+    from etl.core.source import open_source
 
     _setup_logging(verbose)
     try:
@@ -139,7 +139,7 @@ def validate(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Check a release against its manifest and schemas; exit non-zero on any problem."""
-    from etl.validate import validate_release
+    from etl.release.validate import validate_release
 
     _setup_logging(verbose)
     problems = validate_release(release)
@@ -159,7 +159,7 @@ def publish(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Validate, then copy a release to a folder, any fsspec URL or the Hugging Face Hub."""
-    from etl.publish import PublishError, publish_release
+    from etl.release.publish import PublishError, publish_release
 
     _setup_logging(verbose)
     try:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from etl.stage import outputs_intact
+from etl.core.stage import outputs_intact
 from etl.stages import STAGES
 
 

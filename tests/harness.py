@@ -6,10 +6,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from etl import atomic
 from etl.config import PipelineConfig, load_config
-from etl.stage import (Counts, RunOptions, describe_output, fingerprint, load_record, record_path, run_stages)
+from etl.core.stage import (
+    Counts,
+    RunOptions,
+    describe_output,
+    fingerprint,
+    load_record,
+    record_path,
+    run_stages,
+)
 from etl.stages import STAGES
+from slipio import atomic
 
 
 def make_opts(tmp_path: Path, source: str = "amazon-2023", category: str = "electronics", **kw: Any) -> RunOptions:

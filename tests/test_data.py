@@ -7,11 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from synthetic_release import (
+    draw_product,
+    jpeg_bytes,
+    make_synthetic_release,
+    write_tar,
+)
 
-from synthetic_release import draw_product, jpeg_bytes, make_synthetic_release, write_tar
 from trainer.config import TrainSetupError
-from trainer.data import (NoValidSamplesError, StreamSpec, TrainBatches, decode_samples, expand_braces,
-                          resolve_shards, tar_samples)
+from trainer.data import (
+    NoValidSamplesError,
+    StreamSpec,
+    TrainBatches,
+    decode_samples,
+    expand_braces,
+    resolve_shards,
+    tar_samples,
+)
 
 GOOD_JPEG = jpeg_bytes(Image.new("RGB", (16, 16), (200, 10, 10)))
 

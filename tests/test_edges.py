@@ -17,9 +17,16 @@ import pytest
 from harness import adopt_stage, load_config, make_opts, run
 
 import schemas
-from etl.edges import line_blocks
-from etl.graph import Edges, graph_stats, k_core_alive, largest_component_alive, project_copurchase, top_k_mask
-from etl.stage import StageError
+from etl.core.stage import StageError
+from etl.graph.projection import (
+    Edges,
+    graph_stats,
+    k_core_alive,
+    largest_component_alive,
+    project_copurchase,
+    top_k_mask,
+)
+from etl.stages.edges import line_blocks
 
 M64 = (1 << 64) - 1
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from synthetic_release import jpeg_bytes, make_synthetic_release, write_tar
+
 from trainer import evaluate
 from trainer.batch_graph import CSRGraph
 from trainer.cli import train_main

@@ -12,9 +12,18 @@ from pathlib import Path
 
 import pytest
 from harness import load_config, make_opts, run
-from servers import Cut, FaultServer, Redirect, Serve, Status, Trickle, closed_port_url, fail_then
+from servers import (
+    Cut,
+    FaultServer,
+    Redirect,
+    Serve,
+    Status,
+    Trickle,
+    closed_port_url,
+    fail_then,
+)
 
-from etl.stage import StageError, record_path
+from etl.core.stage import StageError, record_path
 
 M = "amazon_2023/raw/meta_categories/meta_Electronics.jsonl.gz"
 R = "amazon_2023/raw/review_categories/Electronics.jsonl.gz"

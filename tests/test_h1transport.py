@@ -12,8 +12,8 @@ import httpx
 import pytest
 import trustme
 
-from etl.h1transport import H1Transport
-from etl.urlsafety import BlockedURL
+from etl.net.transport import H1Transport
+from etl.net.urlsafety import BlockedURL
 
 LOCAL = ("127.0.0.1",)
 JPEG = bytes(range(256)) * 40

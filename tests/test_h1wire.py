@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from etl.h1wire import (MAX_HEAD_BYTES, ChunkedDecoder, ProtocolError, body_framing, head_end, parse_head,
-                        request_head)
+from etl.net.wire import (
+    MAX_HEAD_BYTES,
+    ChunkedDecoder,
+    ProtocolError,
+    body_framing,
+    head_end,
+    parse_head,
+    request_head,
+)
 
 
 def head(*lines: str) -> bytes:

@@ -13,10 +13,21 @@ import httpx
 import pytest
 from servers import Cut, FaultServer, Redirect, Serve, Stall, Status
 
-from etl import http, urlsafety
 from etl.config import load_config
-from etl.http import (BlockedURL, HostThrottle, RetryPolicy, TooLarge, TooManyRedirects, is_retriable,
-                      parse_retry_after, read_capped, read_capped_async, stream_checked, stream_checked_async)
+from etl.net import http, urlsafety
+from etl.net.http import (
+    BlockedURL,
+    HostThrottle,
+    RetryPolicy,
+    TooLarge,
+    TooManyRedirects,
+    is_retriable,
+    parse_retry_after,
+    read_capped,
+    read_capped_async,
+    stream_checked,
+    stream_checked_async,
+)
 
 LOCAL = ("127.0.0.1",)
 BODY = bytes(range(256)) * 64  # 16 KiB

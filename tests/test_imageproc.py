@@ -1,4 +1,4 @@
-"""etl.imageproc: every input kind becomes a correct RGB JPEG, or a precise rejection, without decoding bombs."""
+"""etl.imaging.process: every input kind becomes a correct RGB JPEG, or a precise rejection, without decoding bombs."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from etl.imageproc import ImageRejected, _has_exif, looks_like_image, process_image
+from etl.imaging.process import (
+    ImageRejected,
+    _has_exif,
+    looks_like_image,
+    process_image,
+)
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

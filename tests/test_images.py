@@ -25,8 +25,8 @@ from PIL import Image
 from servers import Cut, FaultServer, Redirect, Serve, Stall, Status, fail_then
 
 import schemas
-from etl.imagepool import ImageWorkers
-from etl.imagechunks import chunk_paths, chunk_schema, iter_ok_images, read_latest
+from etl.imaging.chunks import chunk_paths, chunk_schema, iter_ok_images, read_latest
+from etl.imaging.workers import ImageWorkers
 from etl.sample import generate_catalog, serve_directory
 
 pytestmark = pytest.mark.timeout(120)
@@ -300,7 +300,7 @@ def test_a_dead_worker_process_is_replaced_and_its_queue_resent():
         await workers.start()
         try:
             await workers.process(jpeg(1))  # the worker is up
-            worker = next(c for c in psutil.Process().children() if "etl.imagepool" in c.cmdline())
+            worker = next(c for c in psutil.Process().children() if "etl.imaging.workers" in c.cmdline())
             worker.suspend()  # it cannot answer any of the four below before it dies (no race with the kill)
             queued = [asyncio.create_task(workers.process(jpeg(i))) for i in range(2, 6)]
             await asyncio.sleep(0)  # all four are written to the worker's pipe
@@ -323,7 +323,7 @@ def test_workers_get_the_malloc_tuning_unless_the_user_set_it(monkeypatch):
         await workers.start()
         try:
             await workers.process(jpeg(1))
-            worker = next(c for c in psutil.Process().children() if "etl.imagepool" in c.cmdline())
+            worker = next(c for c in psutil.Process().children() if "etl.imaging.workers" in c.cmdline())
             return worker.environ()
         finally:
             await workers.close()

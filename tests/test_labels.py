@@ -13,8 +13,14 @@ from harness import adopt_stage, load_config, make_opts, run
 from test_edges import write_nodes, write_quarantine
 
 import schemas
-from etl.labels import SPLITS, assess_level, choose_level, classes_at, stratified_split
-from etl.stage import StageError
+from etl.core.stage import StageError
+from etl.stages.labels import (
+    SPLITS,
+    assess_level,
+    choose_level,
+    classes_at,
+    stratified_split,
+)
 
 RULE = {"min_class_size": 10, "min_classes": 3, "max_classes": 10, "min_coverage": 0.6}
 

@@ -13,8 +13,9 @@ import pytest
 from harness import adopt_stage, load_config, make_opts, run
 
 import schemas
-from etl import nodes, rawio, text
+from etl.parse import rawio, text
 from etl.sample import generate_catalog
+from etl.stages import nodes
 
 META_2023 = "amazon_2023/raw/meta_categories/meta_Electronics.jsonl.gz"
 REVIEWS_2023 = "amazon_2023/raw/review_categories/Electronics.jsonl.gz"
@@ -272,7 +273,7 @@ def test_2018_image_and_list_fields(tmp_path: Path) -> None:
 
 
 def test_unreadable_input_is_a_clear_error(tmp_path: Path) -> None:
-    from etl.stage import StageError
+    from etl.core.stage import StageError
 
     path = tmp_path / "meta.jsonl.gz"
     path.write_bytes(b"\x1f\x8b not really gzip")

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from webdataset.filters import _shuffle
 
-from etl.ordering import graph_order, in_batch_stats, random_order, shuffle_buffer_permutation
+from etl.graph.ordering import (
+    graph_order,
+    in_batch_stats,
+    random_order,
+    shuffle_buffer_permutation,
+)
 
 
 def clustered_graph(n: int = 6000, community: int = 24, n_labels: int = 12, degree: int = 4, p_in: float = 0.85,

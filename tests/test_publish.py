@@ -16,11 +16,16 @@ from pathlib import Path
 
 import fsspec
 import pytest
-
-from etl.publish import Destination, PublishError, parse_destination, publish_release
-from etl.validate import validate_release
 from harness import run
 from test_shards import make_upstream
+
+from etl.release.publish import (
+    Destination,
+    PublishError,
+    parse_destination,
+    publish_release,
+)
+from etl.release.validate import validate_release
 
 
 @pytest.fixture(scope="module")

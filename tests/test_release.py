@@ -10,14 +10,14 @@ import os
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from harness import run
 from PIL import Image
+from test_shards import CORRUPT_NODE, expected_samples, is_kept, make_upstream
 
 import schemas
-from etl.stage import StageError
+from etl.core.stage import StageError
+from etl.release.validate import validate_release
 from etl.summary import print_summary
-from etl.validate import validate_release
-from harness import run
-from test_shards import CORRUPT_NODE, expected_samples, is_kept, make_upstream
 
 
 @pytest.fixture(scope="module")

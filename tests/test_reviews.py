@@ -11,8 +11,8 @@ import pytest
 from harness import adopt_stage, load_config, make_opts, run
 
 import schemas
-from etl import reviews
 from etl.sample import generate_catalog
+from etl.stages import reviews
 
 A, B, C, D = "B00000000A", "B00000000B", "B00000000C", "B00000000D"  # C: filtered by the graph; D: no node
 

@@ -20,13 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from harness import adopt_stage, load_config, make_opts, run
 from PIL import Image
 
 import schemas
-from etl.imagechunks import chunk_schema
-from etl.shards import cap_text, jpeg_mask, make_caption
-from etl.stage import describe_output
-from harness import adopt_stage, load_config, make_opts, run
+from etl.core.stage import describe_output
+from etl.imaging.chunks import chunk_schema
+from etl.stages.shards import cap_text, jpeg_mask, make_caption
 
 TESTS = Path(__file__).parent
 SMALL = ["shards.max_samples=8", "shards.cluster_size=8"]
@@ -303,7 +303,7 @@ KILLED_RUN = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import etl.shards as shards
+import etl.stages.shards as shards
 from harness import load_config, make_opts, run
 
 original = shards._samples

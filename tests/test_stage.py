@@ -6,10 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from etl import atomic
 from etl.config import load_config
-from etl.stage import (Counts, RunOptions, StageContext, StageError, StageResult, StageSpec, load_record,
-                       resolve_order, run_stages)
+from etl.core.stage import (
+    Counts,
+    RunOptions,
+    StageContext,
+    StageError,
+    StageResult,
+    StageSpec,
+    load_record,
+    resolve_order,
+    run_stages,
+)
+from slipio import atomic
 
 CALLS: list[str] = []
 
@@ -138,7 +147,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
 
 
 def test_known_hashes_are_used_only_while_the_size_matches(tmp_path: Path):
-    from etl.stage import describe_output
+    from etl.core.stage import describe_output
 
     f = tmp_path / "raw.bin"
     f.write_bytes(b"abc")
@@ -169,7 +178,7 @@ def test_force_on_a_resuming_stage_keeps_its_partial_state(env):
 
 
 def test_known_folder_hashes_give_the_same_description(tmp_path: Path):
-    from etl.stage import describe_output, file_sha256
+    from etl.core.stage import describe_output, file_sha256
 
     folder = tmp_path / "rel"
     (folder / "sub").mkdir(parents=True)

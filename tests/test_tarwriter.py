@@ -1,4 +1,4 @@
-"""etl.tarwriter: the hand-built ustar members are byte-for-byte what tarfile writes, and read back by tarfile."""
+"""etl.release.tarwriter: the hand-built ustar members are byte-for-byte what tarfile writes, and read back by tarfile."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from etl.tarwriter import MEMBER_MODE, MEMBER_MTIME, TarWriter, member_header
+from etl.release.tarwriter import MEMBER_MODE, MEMBER_MTIME, TarWriter, member_header
 
 
 def tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from etl import text
+from etl.parse import text
 
 CASES = [
     # (raw, cleaned) with no cap

@@ -13,8 +13,8 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-
 from synthetic_release import make_synthetic_release, write_tar
+
 from trainer.cli import train_main
 from trainer.config import TrainConfig
 from trainer.loop import train

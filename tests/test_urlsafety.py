@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from etl import urlsafety
-from etl.urlsafety import BlockedURL, UnresolvableHost, check_url, check_url_async
+from etl.net import urlsafety
+from etl.net.urlsafety import BlockedURL, UnresolvableHost, check_url, check_url_async
 
 REFUSED = [
     ("ftp://example.com/x", "scheme ftp not allowed"),

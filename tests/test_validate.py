@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from etl.validate import validate_release
 from harness import run
 from test_shards import make_upstream
+
+from etl.release.validate import validate_release
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `slip-train`; returns the exit status (2 = bad input, 1 = data failure)."""
-    from trainer.data import NoValidSamplesError  # heavy imports after argument parsing: --help stays fast
+    from trainer.data import (
+        NoValidSamplesError,  # heavy imports after argument parsing: --help stays fast
+    )
     from trainer.loop import train
 
     args = vars(build_parser().parse_args(argv))

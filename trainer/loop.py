@@ -22,14 +22,34 @@ from torch import Tensor
 from tqdm import tqdm
 
 from trainer.batch_graph import CSRGraph, batch_graph_stats
-from trainer.checkpoint import (capture_rng_state, export_open_clip, list_checkpoints, load_checkpoint,
-                                resolve_checkpoint, restore_rng_state, save_checkpoint)
+from trainer.checkpoint import (
+    capture_rng_state,
+    export_open_clip,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from trainer.config import TrainConfig, TrainSetupError
 from trainer.data import StreamSpec, TrainBatches, resolve_shards
 from trainer.losses import clip_loss, slip_total, structural_loss
-from trainer.model import SLIPModel, build_model, image_transforms, resolve_model_name, tokenizer_for
+from trainer.model import (
+    SLIPModel,
+    build_model,
+    image_transforms,
+    resolve_model_name,
+    tokenizer_for,
+)
 from trainer.optim import build_optimizer, lr_at, set_lr
-from trainer.run_io import LOG_FILE, SUMMARY_FILE, TB_DIR, atomic_write_json, truncate_log, write_run_config
+from trainer.run_io import (
+    LOG_FILE,
+    SUMMARY_FILE,
+    TB_DIR,
+    atomic_write_json,
+    truncate_log,
+    write_run_config,
+)
 
 log = logging.getLogger("slip-train")
 

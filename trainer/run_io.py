@@ -23,7 +23,13 @@ from torch import Tensor
 
 from trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from trainer.config import TrainConfig
-from trainer.model import SLIPModel, build_model, image_transforms, model_config_of, tokenizer_for
+from trainer.model import (
+    SLIPModel,
+    build_model,
+    image_transforms,
+    model_config_of,
+    tokenizer_for,
+)
 
 CONFIG_FILE = "config.json"
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"

@@ -12,7 +12,15 @@ import string
 from dataclasses import dataclass, field
 
 from etl.sample.images import TILE, Look, brand_colour
-from etl.sample.taxonomy import COLOURS, GENERIC_FEATURES, GROUPS, LEAVES, STYLES, Leaf, fill_alternatives
+from etl.sample.taxonomy import (
+    COLOURS,
+    GENERIC_FEATURES,
+    GROUPS,
+    LEAVES,
+    STYLES,
+    Leaf,
+    fill_alternatives,
+)
 
 IMAGE_HOST = "https://m.media-amazon.com"
 SUFFIXES = {"thumb": "._AC_US40_.jpg", "large": "._AC_.jpg", "hi_res": "._AC_SL1500_.jpg"}

@@ -63,10 +63,22 @@ from collections import Counter
 from pathlib import Path
 
 from etl.sample.catalog import Product, make_products
-from etl.sample.defects import RATES, inject_meta_2018, inject_meta_2023, inject_reviews, plan_product_defects
+from etl.sample.defects import (
+    RATES,
+    inject_meta_2018,
+    inject_meta_2023,
+    inject_reviews,
+    plan_product_defects,
+)
 from etl.sample.images import Renderer, variants
 from etl.sample.purchases import co_purchase_counts, make_purchases, make_users
-from etl.sample.records import also_buy_lists, also_view_lists, meta_2018, meta_2023, sales_ranks
+from etl.sample.records import (
+    also_buy_lists,
+    also_view_lists,
+    meta_2018,
+    meta_2023,
+    sales_ranks,
+)
 from etl.sample.reviews import make_reviews, rating_summary
 from etl.sample.taxonomy import LEAVES, category_tree, complements, taxonomy_for
 

@@ -31,9 +31,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from etl import atomic, nodes, text
-from etl.nodes import ASIN_PATTERN, LineBatch, parse_json_lines, quarantine_table, read_line_batches
-from etl.stage import Counts, StageContext, StageResult
+from etl.core.stage import Counts, StageContext, StageResult
+from etl.parse import text
+from etl.stages import nodes
+from etl.stages.nodes import (
+    ASIN_PATTERN,
+    LineBatch,
+    parse_json_lines,
+    quarantine_table,
+    read_line_batches,
+)
+from slipio import atomic
 
 RAW_SCHEMA: dict[str, pl.DataType] = {
     "rating": pl.Float64, "title": pl.String, "text": pl.String, "parent_asin": pl.String,

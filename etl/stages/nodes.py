@@ -43,9 +43,10 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 import schemas
-from etl import atomic, text
-from etl.rawio import inflated_chunks
-from etl.stage import Counts, StageContext, StageError, StageResult
+from etl.core.stage import Counts, StageContext, StageError, StageResult
+from etl.parse import text
+from etl.parse.rawio import inflated_chunks
+from slipio import atomic
 
 BATCH_BYTES = 64 << 20
 MAX_LINE_BYTES = 256 << 20      # a longer "line" is not a record: it is rejected as bad_json, not buffered

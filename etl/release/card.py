@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
-from etl import atomic
+from slipio import atomic
 
 # Valid Hugging Face task ids (https://huggingface.co/tasks); text-to-image and graph-ml: the graph is a first-class
 # part of the release (neighbours for SLIP's structural loss).

@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from etl import atomic
 from etl.config import PipelineConfig
+from slipio import atomic
 
 log = logging.getLogger("slip_etl")
 

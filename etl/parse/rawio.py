@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from etl.stage import StageError
+from etl.core.stage import StageError
 
 try:
     from isal import igzip as _igzip

@@ -23,11 +23,19 @@ import polars as pl
 import pyarrow.parquet as pq
 
 import schemas
-from etl import atomic, card
-from etl.shards import PLAN_TABLE, SIZES_FILE
-from etl.stage import FINGERPRINT_FILE, Counts, StageContext, StageError, StageResult, file_sha256
+from etl.core.stage import (
+    FINGERPRINT_FILE,
+    Counts,
+    StageContext,
+    StageError,
+    StageResult,
+    file_sha256,
+)
+from etl.release import card
+from etl.release.validate import validate_release
 from etl.stages import STAGES
-from etl.validate import validate_release
+from etl.stages.shards import PLAN_TABLE, SIZES_FILE
+from slipio import atomic
 
 MISSING_STATUS = "missing"  # a kept node the images stage left without a result
 UNUSABLE_STATUS = "unusable"  # status ok, but the shards stage found no usable JPEG (see its record)

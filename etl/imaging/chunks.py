@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import schemas
-from etl import atomic
-from etl.stage import StageError, read_parquet_columns
+from etl.core.stage import StageError, read_parquet_columns
+from slipio import atomic
 
 CHUNK_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
 

@@ -13,7 +13,7 @@ Rules, in order:
    the embedded address as well.
 
 DNS rebinding: `check_url` alone has the usual gap (a name may resolve to a public address when checked and to
-127.0.0.1 when the client connects). `etl.http` closes it: its clients connect through `resolve_checked`, which
+127.0.0.1 when the client connects). `etl.net.http` closes it: its clients connect through `resolve_checked`, which
 resolves once, checks every address and connects to exactly those checked addresses, so the address vetted is the
 address used.
 """
@@ -173,7 +173,7 @@ class PassedHosts:
     A crawl sends thousands of requests to one CDN host over keep-alive connections; checking each URL would cost
     a DNS lookup in a thread per image. Skipping the repeat is safe because the check before a request is only the
     early, clearly-worded refusal: every new connection is still resolved and checked when it is opened
-    (`etl.http`), so a host that starts resolving to an internal address is refused there.
+    (`etl.net.http`), so a host that starts resolving to an internal address is refused there.
     """
 
     def __init__(self, ttl_s: float = 60.0, max_hosts: int = 10_000) -> None:

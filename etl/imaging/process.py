@@ -1,6 +1,6 @@
 """Turn downloaded bytes into the training JPEG: validate, refuse bombs, downscale cheaply, re-encode.
 
-Runs in worker processes (see `etl.crawler`), so it is a pure function of its inputs: bytes in, bytes out.
+Runs in worker processes (see `etl.imaging.crawler`), so it is a pure function of its inputs: bytes in, bytes out.
 
 Choices, and why:
 - An image is recognised by its magic bytes first: a body that is no image format at all is `not_image`, a

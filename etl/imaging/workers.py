@@ -1,6 +1,6 @@
 """The decode/resize worker processes the crawler feeds, driven from its event loop.
 
-Each worker is a plain child process, `python -m etl.imagepool OPTIONS_JSON`, talking over its stdin/stdout: the
+Each worker is a plain child process, `python -m etl.imaging.workers OPTIONS_JSON`, talking over its stdin/stdout: the
 event loop writes each raw body with a length prefix (nothing pickled on the way in) and reads back the pickled
 answer. Compared with `multiprocessing`/`ProcessPoolExecutor`:
 - start-up is a bare interpreter importing only this module and PIL (~0.15 s), not a re-import of the
@@ -36,7 +36,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from etl.imageproc import ImageRejected, ProcessedImage, process_image
+from etl.imaging.process import ImageRejected, ProcessedImage, process_image
 
 WORKER_TRIES = 2      # an image whose worker died gets one more try on a fresh worker
 ORPHAN_CHECK_S = 0.5  # how often a worker checks that the crawler still lives
@@ -87,7 +87,7 @@ class ImageWorkers:
         env = {**MALLOC_TUNING, **os.environ,
                "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "etl.imagepool", json.dumps(self._options), str(os.getpid()),
+            sys.executable, "-m", "etl.imaging.workers", json.dumps(self._options), str(os.getpid()),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
             limit=1 << 20)
         _widen_pipe(process.stdin)

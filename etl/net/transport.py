@@ -5,10 +5,10 @@ ms of event-loop CPU per request (more than half of what decoding the image cost
 cancel scope per read, pool bookkeeping, h11's event machinery). This transport does the same job for a download
 client in one layer: 0.33-0.43 ms per request with the same httpx client on top (redirect checks, byte caps,
 timeouts, headers, Content-Encoding, and the crawler's error handling are unchanged). It is used by
-`etl.http.async_client`; the sync client (`fetch`, a few large files) keeps httpx's default stack.
+`etl.net.http.async_client`; the sync client (`fetch`, a few large files) keeps httpx's default stack.
 
 Scope, on purpose: GET and HEAD without a request body (downloads); http and https; HTTP/1.1 (and 1.0 replies).
-Parsing is `etl.h1wire`. Errors are httpx's: `ConnectError`/`ConnectTimeout`, `ReadError` (reset),
+Parsing is `etl.net.wire`. Errors are httpx's: `ConnectError`/`ConnectTimeout`, `ReadError` (reset),
 `ReadTimeout`, `RemoteProtocolError` (malformed or truncated reply), `PoolTimeout`; `BlockedURL` from the URL
 guard passes through. A request that finds its reused keep-alive connection closed by the server before any byte
 of the reply is sent again once on a new connection (GET and HEAD are idempotent).
@@ -24,9 +24,17 @@ from typing import Any
 
 import httpx
 
-from etl.h1wire import (ChunkedDecoder, Framing, ProtocolError, ResponseHead, body_framing, head_end, parse_head,
-                        request_head)
-from etl.urlsafety import UnresolvableHost, resolve_checked_async
+from etl.net.urlsafety import UnresolvableHost, resolve_checked_async
+from etl.net.wire import (
+    ChunkedDecoder,
+    Framing,
+    ProtocolError,
+    ResponseHead,
+    body_framing,
+    head_end,
+    parse_head,
+    request_head,
+)
 
 READ_HIGH_WATER = 1 << 20  # stop reading from a socket whose unread bytes pass this (flow control)
 # Linux: acknowledge at once instead of up to 40 ms later. A server that writes the head and the body in two sends

@@ -1,11 +1,11 @@
 """Stage `images`: download, validate and resize the main image of every kept node, resumable per sample.
 
 Results go to append-only Parquet chunks (`chunks/part-NNNNNN.parquet`, each written atomically every
-`images.chunk_rows` results; the format is `etl.imagechunks`), so a killed run loses at most the results not yet
+`images.chunk_rows` results; the format is `etl.imaging.chunks`), so a killed run loses at most the results not yet
 in a chunk. A later chunk's row supersedes an earlier one for the same node. On start the stage reads the chunks,
 keeps every node whose latest status is final and fetches only the rest (never fetched, or failed with a retriable
 status). At the end `status.parquet` holds the resolved latest row per node (without the JPEG). The crawl itself
-is `etl.crawler`.
+is `etl.imaging.crawler`.
 
 A finished stage is skipped by the framework; `slip-etl images --force` runs it again over the kept chunks, so
 only nodes still missing or failed with a retriable status (after `images.retries`) are requested again. To start
@@ -21,11 +21,11 @@ from typing import Any
 import polars as pl
 
 import schemas
-from etl import atomic
-from etl.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
-from etl.http import is_retriable, user_agent
-from etl.imagechunks import ChunkWriter, chunk_paths, read_latest
-from etl.stage import Counts, StageContext, StageError, StageResult
+from etl.core.stage import Counts, StageContext, StageError, StageResult
+from etl.imaging.chunks import ChunkWriter, chunk_paths, read_latest
+from etl.imaging.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
+from etl.net.http import is_retriable, user_agent
+from slipio import atomic
 
 CHUNK_DIR = "chunks"
 FINAL_STATUSES = frozenset({"ok", "not_image", "too_large", "decode_error", "blocked_url", "no_url",

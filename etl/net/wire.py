@@ -1,6 +1,6 @@
 """HTTP/1.1 on the wire, without I/O: request heads out, response heads and body framing in (RFC 9112).
 
-The crawler's transport (`etl.h1transport`) feeds bytes in and gets events out; keeping the parsing here, apart
+The crawler's transport (`etl.net.transport`) feeds bytes in and gets events out; keeping the parsing here, apart
 from sockets and the event loop, lets the tests drive every malformed input directly. Only what a download client
 needs: GET/HEAD requests without a body, responses framed by Content-Length, chunked transfer coding, or the end
 of the connection; 1xx interim responses are skipped by the caller. Anything malformed raises `ProtocolError`

@@ -30,12 +30,24 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from etl import atomic
 from etl.config import ShardsConfig
-from etl.imagechunks import iter_ok_chunks
-from etl.ordering import graph_order, in_batch_stats, random_order, shuffle_buffer_permutation
-from etl.stage import Counts, StageContext, StageError, StageResult, file_sha256, read_parquet_columns
-from etl.tarwriter import BLOCK, RECORD, TarWriter
+from etl.core.stage import (
+    Counts,
+    StageContext,
+    StageError,
+    StageResult,
+    file_sha256,
+    read_parquet_columns,
+)
+from etl.graph.ordering import (
+    graph_order,
+    in_batch_stats,
+    random_order,
+    shuffle_buffer_permutation,
+)
+from etl.imaging.chunks import iter_ok_chunks
+from etl.release.tarwriter import BLOCK, RECORD, TarWriter
+from slipio import atomic
 
 SPLITS = ("train", "val", "test")
 SHARDS_DIR = "shards"

@@ -1,7 +1,7 @@
 """The one HTTP client every download uses: URL safety on every hop, timeouts, retries, byte caps, politeness.
 
-Both clients (sync for `fetch` on httpx's own stack, async for `images` on `etl.h1transport`) connect through a
-guard that resolves the host, refuses internal addresses (`etl.urlsafety`) and connects to exactly the addresses
+Both clients (sync for `fetch` on httpx's own stack, async for `images` on `etl.net.transport`) connect through a
+guard that resolves the host, refuses internal addresses (`etl.net.urlsafety`) and connects to exactly the addresses
 it checked, so neither a redirect nor a DNS answer that changes between check and connect can reach 127.0.0.1 or
 a metadata service.
 Redirects are never followed by httpx: `send_checked` follows them itself, checking each hop and counting them.
@@ -30,8 +30,15 @@ import httpcore
 import httpx
 
 from etl.config import HttpConfig
-from etl.h1transport import H1Transport
-from etl.urlsafety import BlockedURL, PassedHosts, UnresolvableHost, check_url, check_url_async, resolve_checked
+from etl.net.transport import H1Transport
+from etl.net.urlsafety import (
+    BlockedURL,
+    PassedHosts,
+    UnresolvableHost,
+    check_url,
+    check_url_async,
+    resolve_checked,
+)
 
 __all__ = [
     "BlockedURL", "PassedHosts", "UnresolvableHost", "TooLarge", "TooManyRedirects", "RetryPolicy", "HostThrottle",
@@ -212,7 +219,7 @@ def sync_client(http_cfg: HttpConfig, allow_hosts: Collection[str] = (), max_con
 
 def async_client(http_cfg: HttpConfig, allow_hosts: Collection[str] = (),
                  max_connections: int = 64) -> httpx.AsyncClient:
-    """The async twin of `sync_client`, on the crawler's own transport (`etl.h1transport`: the same guard, a
+    """The async twin of `sync_client`, on the crawler's own transport (`etl.net.transport`: the same guard, a
     fraction of the CPU per request); per-host limits and rates are `HostThrottle`'s job."""
     transport = H1Transport(allow_hosts, max_connections, keepalive_expiry_s=30.0, ssl_context=_ssl_context())
     return httpx.AsyncClient(transport=transport, timeout=_timeout(http_cfg),

@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from etl.validate import validate_release
+from etl.release.validate import validate_release
 
 HF_PATTERN = re.compile(r"^hf://datasets/([A-Za-z0-9][A-Za-z0-9._-]*)/([A-Za-z0-9][A-Za-z0-9._-]*)/?$")
 TOKEN_ENV = "HF_TOKEN"

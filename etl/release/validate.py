@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 import schemas
-from etl.stage import file_sha256
+from etl.core.stage import file_sha256
 
 MAX_PER_KIND = 20
 TABLES = {"nodes.parquet": "release_nodes", "edges.parquet": "edges", "reviews.parquet": "reviews"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from etl.config import PipelineConfig
-from etl.stage import RunOptions
+from etl.core.stage import RunOptions
 
 log = logging.getLogger("slip_etl")
 

@@ -27,10 +27,18 @@ from urllib.request import url2pathname
 
 import httpx
 
-from etl import atomic
-from etl.http import (BlockedURL, RetryPolicy, TooManyRedirects, UnresolvableHost, is_retriable, retry_after,
-                      stream_checked, sync_client)
-from etl.stage import Counts, StageContext, StageError, StageResult, file_sha256
+from etl.core.stage import Counts, StageContext, StageError, StageResult, file_sha256
+from etl.net.http import (
+    BlockedURL,
+    RetryPolicy,
+    TooManyRedirects,
+    UnresolvableHost,
+    is_retriable,
+    retry_after,
+    stream_checked,
+    sync_client,
+)
+from slipio import atomic
 
 OFFLINE_HINT = ("If you are offline or the source is unreachable, use `--source sample` (the embedded sample) or "
                 "`--mirror BASE` (a folder or http(s) URL holding the same relative paths)")

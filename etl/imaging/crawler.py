@@ -2,14 +2,14 @@
 
 How network and CPU work overlap (so both cores stay busy on a 2-core machine):
 - `concurrency` coroutines share one job iterator. Each takes a job, downloads it (holding a per-host slot only
-  while the request is open), hands the bytes to one of `workers` decode processes (`etl.imagepool`), awaits the
+  while the request is open), hands the bytes to one of `workers` decode processes (`etl.imaging.workers`), awaits the
   JPEG, and takes the next job. While some coroutines wait on a worker, the others keep downloading, so the
   workers never run dry; and since a coroutine holds its body until a worker is done with it, at most
   `concurrency` bodies are in memory and downloads slow down by themselves when decoding is the bottleneck (no
   unbounded queue anywhere).
 - The event loop (HTTP, bookkeeping) is the only thing running in the crawler's process, beside the workers;
   chunk files are written by the caller's sink in a short-lived thread.
-- All requests go through one httpx client on `etl.h1transport` (keep-alive HTTP/1.1 on asyncio protocols), whose
+- All requests go through one httpx client on `etl.net.transport` (keep-alive HTTP/1.1 on asyncio protocols), whose
   per-request cost does not grow with the number of connections.
 
 Every await is bounded: a request attempt has httpx's connect/read timeouts *and* a total deadline (connect +
@@ -32,11 +32,22 @@ from urllib.parse import urlsplit
 import httpx
 
 from etl.config import HttpConfig, ImagesConfig
-from etl.http import (BlockedURL, HostThrottle, PassedHosts, RetryPolicy, TooLarge, TooManyRedirects,
-                      UnresolvableHost, async_client, is_retriable, read_capped_async, retry_after,
-                      send_checked_async)
-from etl.imagepool import ImageWorkers
-from etl.imageproc import ImageRejected
+from etl.imaging.process import ImageRejected
+from etl.imaging.workers import ImageWorkers
+from etl.net.http import (
+    BlockedURL,
+    HostThrottle,
+    PassedHosts,
+    RetryPolicy,
+    TooLarge,
+    TooManyRedirects,
+    UnresolvableHost,
+    async_client,
+    is_retriable,
+    read_capped_async,
+    retry_after,
+    send_checked_async,
+)
 
 # X-Robots-Tag directives that opt an image out of (AI) dataset use.
 OPTOUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "none"})

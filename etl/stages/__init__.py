@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from etl.config import PipelineConfig
-from etl.stage import RunOptions, StageContext, StageResult, StageSpec
+from etl.core.stage import RunOptions, StageContext, StageResult, StageSpec
 
 
 def _lazy(target: str) -> Callable[[StageContext], StageResult]:
@@ -50,23 +50,23 @@ def _image_output_config(cfg: PipelineConfig, opts: RunOptions) -> dict[str, Any
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in [
-        StageSpec("fetch", "1", _lazy("etl.fetch:run"), (), ("fetch",), _source_files,
+        StageSpec("fetch", "1", _lazy("etl.stages.fetch:run"), (), ("fetch",), _source_files,
                   help="Download the raw source files (resumable, sha256-checked)."),
-        StageSpec("nodes", "1", _lazy("etl.nodes:run"), ("fetch",), ("nodes",), _source_format,
+        StageSpec("nodes", "1", _lazy("etl.stages.nodes:run"), ("fetch",), ("nodes",), _source_format,
                   help="Parse and clean product metadata into the node table; quarantine bad records."),
-        StageSpec("edges", "1", _lazy("etl.edges:run"), ("fetch", "nodes"), ("edges",), _source_format,
+        StageSpec("edges", "1", _lazy("etl.stages.edges:run"), ("fetch", "nodes"), ("edges",), _source_format,
                   help="Build the co-purchase graph (2023 projection / 2018 also_buy) and apply graph filters."),
-        StageSpec("reviews", "1", _lazy("etl.reviews:run"), ("fetch", "nodes", "edges"), ("reviews",),
+        StageSpec("reviews", "1", _lazy("etl.stages.reviews:run"), ("fetch", "nodes", "edges"), ("reviews",),
                   _source_format, help="Keep up to K cleaned reviews per product."),
-        StageSpec("labels", "1", _lazy("etl.labels:run"), ("nodes", "edges"), ("labels",),
+        StageSpec("labels", "1", _lazy("etl.stages.labels:run"), ("nodes", "edges"), ("labels",),
                   help="Choose the label level, assign classes and stratified splits."),
-        StageSpec("images", "1", _lazy("etl.images:run"), ("nodes", "edges"), (), _image_output_config,
+        StageSpec("images", "1", _lazy("etl.stages.images:run"), ("nodes", "edges"), (), _image_output_config,
                   help="Download, validate and resize the main image of every kept node (resumable per sample; "
                        "--force retries only missing and retriable failures — delete work/images to start over).",
                   force_resumes=True),
-        StageSpec("shards", "1", _lazy("etl.shards:run"), ("nodes", "edges", "labels", "images"), ("shards",),
+        StageSpec("shards", "1", _lazy("etl.stages.shards:run"), ("nodes", "edges", "labels", "images"), ("shards",),
                   help="Write graph-ordered WebDataset shards per split."),
-        StageSpec("release", "1", _lazy("etl.release:run"),
+        StageSpec("release", "1", _lazy("etl.stages.release:run"),
                   ("fetch", "nodes", "edges", "reviews", "labels", "images", "shards"), ("release",),
                   help="Assemble a versioned, self-describing release folder (manifest, stats, card, plots)."),
     ]

@@ -2,7 +2,7 @@
 
 2023 (and the sample): products are linked when they share purchasers. The raw reviews are streamed (only
 `user_id`, `parent_asin`, `verified_purchase` are parsed; broken lines are counted, never fatal), each review
-becomes a purchase (user key, node id), and `etl.graph.project_copurchase` projects the user-product graph onto
+becomes a purchase (user key, node id), and `etl.graph.projection.project_copurchase` projects the user-product graph onto
 products: one purchase per (user, product); users with fewer than `edges.min_user_products` products add nothing;
 users with more than `edges.max_user_products` keep a seeded subsample of that many (the projection is quadratic
 in a user's degree; what the bound removes is reported in `stats.projection`); weight = shared purchasers; pairs
@@ -32,10 +32,17 @@ import numpy as np
 import polars as pl
 
 import schemas
-from etl import atomic
-from etl.rawio import inflated_chunks
-from etl.graph import Edges, filter_steps, graph_stats, log2_histogram, project_copurchase, top_k_mask
-from etl.stage import Counts, StageContext, StageError, StageResult
+from etl.core.stage import Counts, StageContext, StageError, StageResult
+from etl.graph.projection import (
+    Edges,
+    filter_steps,
+    graph_stats,
+    log2_histogram,
+    project_copurchase,
+    top_k_mask,
+)
+from etl.parse.rawio import inflated_chunks
+from slipio import atomic
 
 REVIEW_SCHEMA: dict[str, pl.DataType] = {"user_id": pl.String, "parent_asin": pl.String,
                                          "verified_purchase": pl.Boolean}

@@ -26,8 +26,8 @@ import numpy as np
 import polars as pl
 
 import schemas
-from etl import atomic
-from etl.stage import Counts, StageContext, StageError, StageResult
+from etl.core.stage import Counts, StageContext, StageError, StageResult
+from slipio import atomic
 
 SPLITS = ("train", "val", "test")
 SEPARATOR = " > "

@@ -1,0 +1,1 @@
+"""Co-purchase projection, graph filters and graph-aware sample order."""

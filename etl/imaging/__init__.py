@@ -1,0 +1,1 @@
+"""The image crawler, decode workers, image processing and the chunk format."""

@@ -1,0 +1,1 @@
+"""The one HTTP client, URL safety, the async transport and HTTP/1.1 wire parsing."""

@@ -1,0 +1,1 @@
+"""Raw readers, the JSON-lines reader and text cleaning."""

@@ -1,0 +1,1 @@
+"""Release contents: dataset card, validation, publishing, the tar writer."""
