@@ -25,8 +25,10 @@ setup: $(VENV)/.installed
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" OUT=$(OUT) bash scripts/demo.sh
 
-# The test suite (CI runs exactly this).
+# Lint (pyflakes, pycodestyle errors, import order; [tool.ruff] in pyproject.toml), then the test suite.
+# CI runs exactly this, so a lint error fails CI like a failing test.
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench-tables: setup

@@ -35,12 +35,11 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT / "tests"))  # the stage-author harness: adopt upstream stages from fixture tables
 
-from harness import adopt_stage, load_config, make_opts  # noqa: E402
 from procstats import PeakRSS, children_cpu_s  # noqa: E402
 
 import schemas  # noqa: E402
+from etl.harness import adopt_stage, load_config, make_opts  # noqa: E402  (adopt upstream stages from tables)
 from etl.sample import serve_directory  # noqa: E402
 
 SIDE = 800

@@ -10,8 +10,9 @@ this script reports each side's wall seconds, CPU seconds and peak RSS (the chil
 * duckdb: one SQL query: read_json on the .gz with the same fields and types, HTML tag strip, the common
   entities, whitespace collapse and length caps via regexp_replace/replace (title, features, description,
   store, main_category, categories; like ours, only on values a cheap regexp_matches says can change), id
-  check, first-occurrence dedupe, MAIN-first image choice, price parse, and COPY to Parquet (zstd). It does less than ours (no mojibake repair, no exact entity decoding, no
-  quarantine, no per-reason accounting, no word-boundary caps), so the comparison favours it.
+  check, first-occurrence dedupe, MAIN-first image choice, price parse, and COPY to Parquet (zstd). It does less
+  than ours (no mojibake repair, no exact entity decoding, no quarantine, no per-reason accounting, no
+  word-boundary caps), so the comparison favours it.
 
     python bench/gen_electronics.py --products 1.6M --reviews 0        # once (cached under bench/out/)
     python bench/bench_nodes.py --products 1.6M
@@ -34,7 +35,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "tests"))
 
 DUCKDB_COLUMNS = ("{parent_asin: 'VARCHAR', title: 'VARCHAR', features: 'VARCHAR[]', description: 'VARCHAR[]', "
                   "store: 'VARCHAR', main_category: 'VARCHAR', categories: 'VARCHAR[]', price: 'VARCHAR', "
@@ -100,10 +100,9 @@ def child_duckdb(path: Path, out: Path) -> dict[str, Any]:
 
 
 def child_ours(path: Path, root: Path) -> dict[str, Any]:
-    from harness import make_opts
-
     from etl.config import load_config
     from etl.core.stage import run_stages
+    from etl.harness import make_opts
     from etl.stages import STAGES
 
     cfg = load_config()
@@ -115,9 +114,8 @@ def child_ours(path: Path, root: Path) -> dict[str, Any]:
 
 def adopt_input(path: Path, root: Path) -> None:
     """Make `path` the finished fetch output of a dataset root (hard link when possible: no 5 GB copy)."""
-    from harness import adopt_stage, make_opts
-
     from etl.config import load_config
+    from etl.harness import adopt_stage, make_opts
 
     cfg = load_config()
     opts = make_opts(root)

@@ -1,9 +1,9 @@
 """Benchmark the graph-aware shard order: in-batch neighbours vs a random order, and partition time at scale.
 
-For each graph: the train split's nodes are ordered by `etl.graph.ordering.graph_order` and by a seeded shuffle; batches
-of 64 / 256 / 1024 are cut from each order as written (no shuffle) and after webdataset's sample shuffle buffer
-(`--buffer`, default 1000), and the table reports the share of samples with >= 1 in-batch neighbour, in-batch
-edges per batch and distinct labels per batch.
+For each graph: the train split's nodes are ordered by `etl.graph.ordering.graph_order` and by a seeded
+shuffle; batches of 64 / 256 / 1024 are cut from each order as written (no shuffle) and after the trainer's sample
+shuffle (its algorithm, `--buffer` samples, default the trainer's 256), and the table reports the share of samples
+with >= 1 in-batch neighbour, in-batch edges per batch and distinct labels per batch.
 
 Graphs: every `--graph PATH` (a release folder, or a dataset root after the edges and labels stages: e.g. the
 embedded sample's `OUT/sample-electronics`), a sample-sized synthetic graph, and a large synthetic graph
@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from etl.graph.filters import distinct_pairs
 from etl.graph.ordering import (
+    TRAINER_SHUFFLE_BUFFER,
     graph_order,
     in_batch_stats,
     random_order,
-    shuffle_buffer_permutation,
+    reservoir_shuffle_permutation,
 )
 
 BATCH_SIZES = (64, 256, 1024)
@@ -88,9 +90,9 @@ def bench(name: str, graph: tuple[np.ndarray, ...], cluster_size: int, buffer: i
           f"{sizes.max()}")
     baseline = random_order(ids, seed=seed)
     label_of = dict(zip(ids.tolist(), labels.tolist()))
-    pairs = _pairs(src, dst)
+    pairs = distinct_pairs(src, dst)
     t0 = time.perf_counter()
-    buffered = shuffle_buffer_permutation(len(ids), buffer, seed=seed)
+    buffered = reservoir_shuffle_permutation(len(ids), buffer, seed=seed)
     rows = []
     for order_name, order in (("graph", ordered.node_ids), ("random", baseline.node_ids)):
         lab = np.array([label_of[i] for i in order.tolist()])
@@ -108,13 +110,6 @@ def bench(name: str, graph: tuple[np.ndarray, ...], cluster_size: int, buffer: i
     print(f"(statistics: {t_stats:.1f} s; peak RSS so far {_peak_rss_gib():.2f} GiB)")
 
 
-def _pairs(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.minimum(src, dst).astype(np.int64), np.maximum(src, dst).astype(np.int64)
-    top = int(b.max()) + 1
-    key = np.unique(a * top + b)
-    return key // top, key % top
-
-
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -127,7 +122,8 @@ def main() -> None:
     parser.add_argument("--large-nodes", type=int, default=1_600_000, help="large synthetic graph (0 = skip)")
     parser.add_argument("--large-degree", type=float, default=8.0, help="about this many edges per node")
     parser.add_argument("--cluster-size", type=int, default=32)
-    parser.add_argument("--buffer", type=int, default=1000, help="webdataset sample shuffle buffer")
+    parser.add_argument("--buffer", type=int, default=TRAINER_SHUFFLE_BUFFER,
+                        help="the trainer's sample shuffle buffer (slip-train --shuffle-buffer)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for path in args.graph:

@@ -26,10 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from trainer.synthetic import make_synthetic_release
 
-from synthetic_release import make_synthetic_release  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 OPEN_CLIP_RUNNER = """
 import sys, open_clip
@@ -97,7 +96,7 @@ def main() -> None:
     samples = steps * args.batch_size
     pattern = str(release / "shards" / f"train-{{000000..{len(train_shards) - 1:06d}}}.tar")
     print(f"shards: {len(train_shards)} train shards, {n_train} samples, {image_size}px JPEG "
-          f"(tests/synthetic_release.py); model {args.model_config.name}; batch {args.batch_size}, "
+          f"(trainer/synthetic.py); model {args.model_config.name}; batch {args.batch_size}, "
           f"{args.workers} worker(s), device {args.device}, OMP_NUM_THREADS={args.threads or 'default'}; "
           f"{steps} steps = {samples} samples per run; load average {os.getloadavg()[0]:.1f}", flush=True)
 

@@ -27,7 +27,6 @@ from statistics import mean, stdev
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_mrr", "t2i_mrr",
            "i2t_mean_rank", "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank",
@@ -64,7 +63,7 @@ def prepare_release(args: argparse.Namespace) -> Path:
         stdout = run_logged([console_script("slip-etl"), "build", "--category", "electronics", "--source", "sample",
                              "--out", str(args.sample_out)], args.out / "logs" / "build-sample.log")
         return Path(stdout.strip().splitlines()[-1])  # CLI contract: last stdout line = release folder
-    from synthetic_release import make_synthetic_release
+    from trainer.synthetic import make_synthetic_release
     release = args.out / "synthetic-release"
     if not (release / "manifest.json").is_file():
         make_synthetic_release(release, n_nodes=400, n_classes=8, seed=0)

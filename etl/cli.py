@@ -1,41 +1,53 @@
 """`slip-etl`: build a multimodal product-graph release, one stage or all of them.
 
 stdout carries only what scripts read (the last line of `build` / a stage command is the folder it produced);
-logs and progress bars go to stderr.
+logs and progress bars go to stderr. Help layout, error lines and exit codes (2 bad input, 1 failure) are the
+ones slip-train and slip-eval use (slipio.cli).
 """
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Sequence
 
 import typer
 
 from etl.config import ConfigError, PipelineConfig, load_config
 from etl.core.stage import RunOptions, StageError, run_stages
 from etl.stages import STAGES
+from slipio.cli import BAD_INPUT, FAILED, Command, described, fail, new_app, run
 
-app = typer.Typer(
-    name="slip-etl",
-    help="Build multimodal Amazon product-graph datasets: Parquet tables, WebDataset shards, validated releases.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+PROG = "slip-etl"
+app = new_app(described(
+    "Build multimodal Amazon product-graph datasets: Parquet tables, WebDataset shards, validated releases.",
+    "slip-etl build --source sample --category electronics --out data"), name=PROG, no_args_is_help=True)
 log = logging.getLogger("slip_etl")
 
-CategoryOpt = Annotated[str, typer.Option("--category", "-c", help="Category slug (electronics, ...) or file name.")]
-SourceOpt = Annotated[str, typer.Option("--source", "-s", help="sample | amazon-2023 | amazon-2018.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder; the dataset goes to OUT/SOURCE-CATEGORY/.")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A pipelines.yaml merged over the defaults.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one value: SECTION.KEY=VALUE (repeatable).")]
+CategoryOpt = Annotated[str, typer.Option("--category", "-c", help="Category slug (electronics, ...) or file name.",
+                                          rich_help_panel="Input")]
+SourceOpt = Annotated[str, typer.Option("--source", "-s", help="sample | amazon-2023 | amazon-2018.",
+                                        rich_help_panel="Input")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder; the dataset goes to OUT/SOURCE-CATEGORY/.",
+                                      rich_help_panel="Output")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A pipelines.yaml merged over the defaults.",
+                                                   rich_help_panel="Config")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="SECTION.KEY=VALUE", rich_help_panel="Config",
+    help="Override one value: SECTION.KEY=VALUE (repeatable; wins over --config).")]
 MirrorOpt = Annotated[Optional[str], typer.Option(
-    "--mirror", help="Fetch the same relative paths from another base: an http(s) URL or a local folder.")]
+    "--mirror", help="Fetch the same relative paths from another base: an http(s) URL or a local folder.",
+    rich_help_panel="Input")]
 AllowHostOpt = Annotated[Optional[list[str]], typer.Option(
-    "--allow-host", help="Permit a host the URL-safety rules would refuse, e.g. a mirror on 127.0.0.1 (repeatable).")]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
-VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv for debug).")]
+    "--allow-host", metavar="HOST",
+    help="Permit a host the URL-safety rules would refuse, e.g. a mirror on 127.0.0.1 (repeatable).",
+    rich_help_panel="Input")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.",
+                                           rich_help_panel="Run")]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv for debug).",
+                                         rich_help_panel="Run")]
+ReleaseArg = Annotated[Path, typer.Argument(exists=True, file_okay=False, metavar="RELEASE",
+                                            help="The release folder.")]
 
 
 def _setup_logging(verbose: int) -> None:
@@ -68,11 +80,12 @@ def _run(targets: list[str], force: list[str], category: str, source: str, out: 
         with open_source(cfg, opts) as live:
             return run_stages(targets, STAGES, cfg, live, force=force), opts
     except (ConfigError, StageError) as exc:
-        typer.echo(f"slip-etl: error: {exc}", err=True)
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+        fail(PROG, exc, BAD_INPUT if isinstance(exc, ConfigError) else FAILED)
 
 
-@app.command()
+@app.command(cls=Command, help=described(
+    "Run every stage (skipping finished ones); the last stdout line is the release folder.",
+    "slip-etl build --source sample --category electronics --out data"))
 def build(
     category: CategoryOpt = "electronics",
     source: SourceOpt = "amazon-2023",
@@ -81,11 +94,11 @@ def build(
     set_: SetOpt = None,
     mirror: MirrorOpt = None,
     allow_host: AllowHostOpt = None,
-    force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage (repeatable).")] = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", metavar="STAGE", help="Redo this stage (repeatable).",
+                                                       rich_help_panel="Run")] = None,
     progress: ProgressOpt = True,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Run every stage (skipping finished ones); the last stdout line is the release folder."""
     records, _ = _run(list(STAGES), force or [], category, source, out, config, set_, mirror, allow_host, progress,
                       verbose)
     typer.echo(records["release"]["stats"]["release_dir"])
@@ -100,7 +113,8 @@ def _stage_command(name: str) -> None:
         set_: SetOpt = None,
         mirror: MirrorOpt = None,
         allow_host: AllowHostOpt = None,
-        force: Annotated[bool, typer.Option("--force", help="Redo this stage even if it is done.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Redo this stage even if it is done.",
+                                            rich_help_panel="Run")] = False,
         progress: ProgressOpt = True,
         verbose: VerboseOpt = 0,
     ) -> None:
@@ -108,37 +122,40 @@ def _stage_command(name: str) -> None:
                              allow_host, progress, verbose)
         typer.echo(records[name]["stats"]["release_dir"] if name == "release" else str(opts.work_dir / name))
 
-    command.__doc__ = STAGES[name].help + " Runs the finished stages it needs first (skipped when done)."
-    app.command(name=name)(command)
+    summary = STAGES[name].help + " Runs the finished stages it needs first (skipped when done)."
+    example = f"slip-etl {name} --source sample --category electronics --out data"
+    app.command(name=name, cls=Command, help=described(summary, example))(command)
 
 
 for _name in STAGES:
     _stage_command(_name)
 
 
-@app.command()
+@app.command(cls=Command, help=described(
+    "Print a readable summary of a dataset's stage records or a release's stats.",
+    "slip-etl stats data/sample-electronics"))
 def stats(
-    path: Annotated[Optional[Path], typer.Argument(help="A release folder or dataset root (default: from options).")] = None,
+    path: Annotated[Optional[Path], typer.Argument(
+        metavar="PATH", help="A release folder or dataset root (default: OUT/SOURCE-CATEGORY).")] = None,
     category: CategoryOpt = "electronics",
     source: SourceOpt = "amazon-2023",
     out: OutOpt = Path("out"),
 ) -> None:
-    """Print a readable summary of a dataset's stage records or a release's stats."""
     from etl.summary import print_summary
 
     try:
         print_summary(path if path is not None else out / f"{source}-{category}")
     except FileNotFoundError as exc:
-        typer.echo(f"slip-etl: error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(PROG, exc, BAD_INPUT)
 
 
-@app.command()
+@app.command(cls=Command, help=described(
+    "Check a release against its manifest and schemas; exit 1 on any problem.",
+    "slip-etl validate data/sample-electronics/releases/VERSION"))
 def validate(
-    release: Annotated[Path, typer.Argument(help="The release folder to check.")],
+    release: ReleaseArg,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Check a release against its manifest and schemas; exit non-zero on any problem."""
     from etl.release.validate import validate_release
 
     _setup_logging(verbose)
@@ -147,18 +164,21 @@ def validate(
         typer.echo(f"PROBLEM {p}")
     if problems:
         typer.echo(f"{len(problems)} problem(s) in {release}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(FAILED)
     typer.echo(f"OK {release}")
 
 
-@app.command()
+@app.command(cls=Command, help=described(
+    "Validate, then copy a release to a folder, any fsspec URL or the Hugging Face Hub.",
+    "slip-etl publish RELEASE --to hf://datasets/ORG/NAME --dry-run"))
 def publish(
-    release: Annotated[Path, typer.Argument(help="The release folder to publish.")],
-    to: Annotated[str, typer.Option("--to", help="A folder, an fsspec URL, or hf://datasets/ORG/NAME.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")] = False,
+    release: ReleaseArg,
+    to: Annotated[str, typer.Option("--to", help="A folder, an fsspec URL, or hf://datasets/ORG/NAME.",
+                                    rich_help_panel="Output")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.",
+                                          rich_help_panel="Run")] = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Validate, then copy a release to a folder, any fsspec URL or the Hugging Face Hub."""
     from etl.release.publish import PublishError, publish_release
 
     _setup_logging(verbose)
@@ -166,18 +186,18 @@ def publish(
         for line in publish_release(release, to, dry_run=dry_run):
             typer.echo(line)
     except PublishError as exc:
-        typer.echo(f"slip-etl: error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(PROG, exc, FAILED)
 
 
-@app.command()
+@app.command(cls=Command, help=described(
+    "Write the embedded sample catalog (raw files + images) to a folder.", "slip-etl sample catalog --products 500"))
 def sample(
-    dest: Annotated[Path, typer.Argument(help="Folder to write the sample catalog into (usable with --mirror).")],
+    dest: Annotated[Path, typer.Argument(
+        metavar="DEST", help="Folder to write the sample catalog into (usable with --mirror).")],
     category: CategoryOpt = "electronics",
-    products: Annotated[int, typer.Option(help="Products in the catalog.")] = 3000,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    products: Annotated[int, typer.Option(help="Products in the catalog.", rich_help_panel="Input")] = 3000,
+    seed: Annotated[int, typer.Option(help="Generator seed.", rich_help_panel="Input")] = 0,
 ) -> None:
-    """Write the embedded sample catalog (raw files + images) to a folder."""
     from etl.sample import generate_catalog
 
     cfg = load_config()
@@ -185,5 +205,11 @@ def sample(
     typer.echo(str(dest.resolve()))
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `slip-etl`: exits 0 when done, 2 on bad input, 1 when a stage fails."""
+    run(app, argv, PROG)
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    sys.exit(main())

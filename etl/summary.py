@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.core.stage import outputs_intact
+from etl.release.card import format_reasons
 from etl.stages import STAGES
 
 
@@ -53,7 +54,7 @@ def _stage_table(root: Path, records: dict[str, Any]) -> str:
         c = rec.get("counts", {})
         status = "done" if outputs_intact(root, rec) else "done, outputs changed since"
         rows.append((name, status, f"{rec.get('duration_s', 0):.1f}", str(c.get("input", "")),
-                     str(c.get("kept", "")), _reasons(c.get("rejected")), _reasons(c.get("filtered"))))
+                     str(c.get("kept", "")), format_reasons(c.get("rejected")), format_reasons(c.get("filtered"))))
     return _columns(rows)
 
 
@@ -115,15 +116,9 @@ def release_summary(folder: Path) -> str:
     for name, rec in stats.get("stages", {}).items():
         c = rec.get("counts") or {}
         rows.append((name, f"{rec.get('duration_s') or 0:.1f}", str(c.get("input", "")), str(c.get("kept", "")),
-                     _reasons(c.get("rejected")), _reasons(c.get("filtered"))))
+                     format_reasons(c.get("rejected")), format_reasons(c.get("filtered"))))
     lines.append(_columns(rows))
     return "\n".join(lines)
-
-
-def _reasons(counts: dict[str, int] | None) -> str:
-    if not counts:
-        return "0"
-    return f"{sum(counts.values())} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
 
 
 def _columns(rows: list[tuple[str, ...]]) -> str:

@@ -3,10 +3,15 @@
 A schema is a JSON file beside this module: `{name, version, columns: [{name, type, nullable}], unique}` for
 tables, `{name, version, fields: [...]}` for JSON records. Types: int32, int64, float32, float64, string, bool,
 binary, list<string>.
+
+`version` is the schema's MAJOR version (an int; `"M.m"` is read as major M): bump it when a column or field is
+removed, renamed, retyped or changes meaning. Each release manifest records the versions it was written with
+(`schema_versions`), and readers (`slip-etl validate`, the trainer's `Release`) refuse another major.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -50,6 +55,49 @@ def schema_versions() -> dict[str, int]:
         if entry.name.endswith(".json"):
             out[entry.name[:-5]] = json.loads(entry.read_text(encoding="utf-8"))["version"]
     return dict(sorted(out.items()))
+
+
+def schema_major(version: Any) -> int:
+    """The MAJOR part of a schema version: `3` and `"3"` are 3, `"3.1"` is 3 (a minor change only adds)."""
+    if isinstance(version, bool):
+        raise ValueError(f"not a schema version: {version!r}")
+    if isinstance(version, int):
+        return version
+    head = str(version).split(".", 1)[0] if isinstance(version, (str, float)) else ""
+    if not head.isdigit():
+        raise ValueError(f"not a schema version: {version!r}")
+    return int(head)
+
+
+def check_schema_versions(found: Any, names: Iterable[str] | None = None) -> list[str]:
+    """Why a release's recorded `schema_versions` cannot be read by this code (empty list = it can).
+
+    Each schema in `names` (default: every schema this code ships) must be recorded with this code's MAJOR
+    version; a different major means the columns or their meaning changed. Schemas this code does not know are
+    not its business and pass.
+    """
+    supported = schema_versions()
+    if not isinstance(found, dict):
+        return [f"schema_versions must map schema names to versions, got {type(found).__name__}"]
+    problems = []
+    for name in (sorted(supported) if names is None else names):
+        if name not in supported:
+            raise KeyError(f"no schema named {name!r}; known: {', '.join(supported)}")
+        want = supported[name]
+        if name not in found:
+            problems.append(f"schema_versions has no version for schema {name!r} (this code supports version "
+                            f"{want})")
+            continue
+        try:
+            major = schema_major(found[name])
+        except ValueError:
+            problems.append(f"schema {name!r}: version {found[name]!r} is not a version number (this code "
+                            f"supports version {want})")
+            continue
+        if major != schema_major(want):
+            problems.append(f"schema {name!r} has version {found[name]}, this code supports version {want} "
+                            f"(major {schema_major(want)} only)")
+    return problems
 
 
 def arrow_schema(name: str) -> pa.Schema:

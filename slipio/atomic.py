@@ -28,7 +28,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -50,8 +50,9 @@ def write_text(final: Path, text: str) -> None:
     write_bytes(final, text.encode("utf-8"))
 
 
-def write_json(final: Path, obj: Any, *, indent: int | None = 2) -> None:
-    write_text(final, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False, default=str) + "\n")
+def write_json(final: Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """JSON plus a final newline; keys in insertion order unless `sort_keys` (the trainer's run files sort)."""
+    write_text(final, json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str) + "\n")
 
 
 def write_parquet(final: Path, table: Any, **kwargs: Any) -> None:
@@ -82,7 +83,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (best effort: not every file system can fsync a directory)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

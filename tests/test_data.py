@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from synthetic_release import (
-    draw_product,
-    jpeg_bytes,
-    make_synthetic_release,
-    write_tar,
-)
 
+import schemas
 from trainer.config import TrainSetupError
 from trainer.data import (
     NoValidSamplesError,
@@ -23,6 +18,12 @@ from trainer.data import (
     expand_braces,
     resolve_shards,
     tar_samples,
+)
+from trainer.synthetic import (
+    draw_product,
+    jpeg_bytes,
+    make_synthetic_release,
+    write_tar,
 )
 
 GOOD_JPEG = jpeg_bytes(Image.new("RGB", (16, 16), (200, 10, 10)))
@@ -70,6 +71,9 @@ def test_expand_braces_and_resolve_patterns(tmp_path):
     assert len(resolve_shards(shards=str(tmp_path / "train-*.tar"))) == 3
     with pytest.raises(TrainSetupError, match="train-000005.tar"):
         resolve_shards(shards=str(tmp_path / "train-{000000..000005}.tar"))
+    with pytest.raises(TrainSetupError, match="has no manifest.json"):
+        resolve_shards(release=str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_versions": schemas.schema_versions(), "files": {}}))
     with pytest.raises(TrainSetupError, match="no shards/ folder"):
         resolve_shards(release=str(tmp_path))
     (tmp_path / "shards").mkdir()
@@ -86,6 +90,7 @@ def test_bad_samples_are_skipped_and_counted_by_reason(tmp_path):
     valid = list(decode_samples(tar_samples([str(shard), str(truncated), str(tmp_path / "gone.tar")], skipped),
                                 skipped))
     assert [s["node_id"] for s in valid][:2] == [1, 2]
+    assert valid[0]["meta"] == {"node_id": 1}  # parsed once, handed on (evaluation reads the label from it)
     assert all(s["image"].mode == "RGB" for s in valid)
     assert skipped["bad_shard"] == 2  # truncated + missing file
     assert {k: v for k, v in skipped.items() if k != "bad_shard"} == EXPECTED_BAD

@@ -12,21 +12,14 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 import pytest
-from harness import adopt_stage, load_config, make_opts, run
 
 import schemas
 from etl.core.stage import StageError
-from etl.graph.projection import (
-    Edges,
-    graph_stats,
-    k_core_alive,
-    largest_component_alive,
-    project_copurchase,
-    top_k_mask,
-)
-from etl.stages.edges import line_blocks
+from etl.graph.filters import graph_stats, k_core_alive, largest_component_alive
+from etl.graph.projection import Edges, project_copurchase, top_k_mask
+from etl.harness import adopt_stage, load_config, make_opts, run
+from helpers.tables import asin, write_nodes, write_quarantine
 
 M64 = (1 << 64) - 1
 
@@ -188,36 +181,6 @@ def test_largest_component_and_stats_match_networkx():
 
 # ----------------------------------------------------------------------------------------------- stage fixtures
 
-def asin(i: int) -> str:
-    return f"B{i:09d}"
-
-
-def write_nodes(path: Path, n: int, also_buy: dict[int, list[str]] | None = None,
-                also_view: dict[int, list[str]] | None = None, paths: list[list[str]] | None = None) -> Path:
-    """A valid nodes.parquet of n products (ASINs `asin(i)`), with the given lists and category paths."""
-    also_buy, also_view = also_buy or {}, also_view or {}
-    df = pl.DataFrame({
-        "node_id": np.arange(n, dtype=np.int64), "asin": [asin(i) for i in range(n)],
-        "title": [f"product {i}" for i in range(n)], "features": [[] for _ in range(n)],
-        "description": [""] * n, "store": [None] * n, "main_category": [None] * n,
-        "category_path": paths or [["Electronics"] for _ in range(n)], "price": [None] * n, "average_rating": [None] * n,
-        "rating_number": [None] * n, "image_url": [f"https://img.example/{i}.jpg" for i in range(n)],
-        "also_buy": [also_buy.get(i, []) for i in range(n)], "also_view": [also_view.get(i, []) for i in range(n)],
-    }, schema_overrides={"store": pl.String, "main_category": pl.String, "price": pl.Float64,
-                         "average_rating": pl.Float64, "rating_number": pl.Int64,
-                         "features": pl.List(pl.String), "category_path": pl.List(pl.String),
-                         "also_buy": pl.List(pl.String), "also_view": pl.List(pl.String)})
-    table = schemas.conform(df.to_arrow(), "nodes")
-    assert schemas.validate_table(table, "nodes") == []
-    pq.write_table(table, path)
-    return path
-
-
-def write_quarantine(path: Path) -> Path:
-    pq.write_table(schemas.arrow_schema("quarantine").empty_table(), path)
-    return path
-
-
 def write_reviews(path: Path, lines: list[str]) -> Path:
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -338,21 +301,6 @@ def test_stage_2023_truncated_gzip_is_a_clear_error(tmp_path):
         run(cfg, opts, "edges")
 
 
-def test_line_blocks_skip_oversized_lines_and_number_lines(tmp_path):
-    lines = [b"a" * 10, b"b" * 500, b"", b"c" * 30, b"d" * 7]
-    path = tmp_path / "lines.txt"
-    path.write_bytes(b"\n".join(lines))  # no final newline
-    blocks = list(line_blocks(path, block_bytes=16, max_line_bytes=100))
-    skipped = [no for no, block in blocks if block is None]
-    assert skipped == [2]
-    text = {no + i: line for no, block in blocks if block is not None
-            for i, line in enumerate(block.split(b"\n")[:-1])}
-    assert text == {1: lines[0], 3: b"", 4: lines[3], 5: lines[4]}
-    gz = tmp_path / "lines.gz"
-    gz.write_bytes(gzip.compress(b"\n".join(lines)))
-    assert [b for _, b in line_blocks(gz, 16, 100)] == [b for _, b in blocks]
-
-
 # ----------------------------------------------------------------------------------------------- stage 2018
 
 def stage_2018(tmp_path: Path, n_nodes: int, also_buy, also_view, *overrides: str):
@@ -415,11 +363,28 @@ def test_stage_2018_filters_match_networkx(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- sample
 
+def verified_baskets(reviews: Path, asins: set[str]) -> dict[str, set[str]]:
+    """user -> distinct products, read the obvious way: every JSON-object line with a user, a known product and a
+    verified purchase (the stage's reading rules, independently of its streaming parser)."""
+    baskets: dict[str, set[str]] = {}
+    with gzip.open(reviews, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                review = json.loads(line)
+            except ValueError:
+                continue
+            if (isinstance(review, dict) and review.get("user_id") and review.get("parent_asin") in asins
+                    and review.get("verified_purchase") is True):
+                baskets.setdefault(review["user_id"], set()).add(review["parent_asin"])
+    return baskets
+
+
 def test_sample_end_to_end_nodes_edges_labels(tmp_path):
     from etl.sample import generate_catalog
 
     truth = generate_catalog(tmp_path / "src", n_products=200, seed=1)
-    cfg = load_config(overrides=["labels.min_class_size=5"])
+    cap = 20  # the sample's power users and a few busy ones buy more distinct products than this
+    cfg = load_config(overrides=["labels.min_class_size=5", f"edges.max_user_products={cap}"])
     opts = make_opts(tmp_path / "out", source="sample")
     raw = tmp_path / "src" / "amazon_2023" / "raw"
     adopt_stage(cfg, opts, "fetch", {"metadata": raw / "meta_categories" / "meta_Electronics.jsonl.gz",
@@ -434,7 +399,15 @@ def test_sample_end_to_end_nodes_edges_labels(tmp_path):
         + defects["unknown_product"]["count"]
     projection = records["edges"]["stats"]["projection"]
     assert projection["duplicate_purchases"] > 0 and projection["edges_min_weight"] > 0
-    assert projection["users_capped"] == 0 or projection["pairs_removed_by_cap"] > 0
+    nodes = pl.read_parquet(opts.dataset_root / records["nodes"]["outputs"]["nodes"]["path"])
+    sizes = [len(b) for b in verified_baskets(raw / "review_categories" / "Electronics.jsonl.gz",
+                                              set(nodes["asin"].to_list())).values()]
+    heavy = [d for d in sizes if d > cap]
+    assert len(heavy) >= 3, "the input must make the cap act"
+    assert projection["users_capped"] == len(heavy)
+    assert projection["purchases_removed_by_cap"] == sum(heavy) - cap * len(heavy)
+    assert projection["pairs_removed_by_cap"] == sum(d * (d - 1) // 2 - cap * (cap - 1) // 2 for d in heavy)
+    assert projection["pairs_generated"] == sum(min(d, cap) * (min(d, cap) - 1) // 2 for d in sizes if d >= 2)
     edges = pl.read_parquet(opts.dataset_root / records["edges"]["outputs"]["edges"]["path"])
     assert schemas.validate_table(edges.to_arrow(), "edges") == []
     labels = json.loads((opts.dataset_root / records["labels"]["outputs"]["labels"]["path"]).read_text())
@@ -442,3 +415,10 @@ def test_sample_end_to_end_nodes_edges_labels(tmp_path):
     for record in records.values():
         c = record["counts"]
         assert c["input"] == c["kept"] + sum(c["rejected"].values()) + sum(c["filtered"].values())
+
+    # the cap lifted: nothing is capped, every pair the cap removed is generated, and the graph changes
+    uncapped = run(load_config(overrides=["labels.min_class_size=5", "edges.max_user_products=100000"]), opts,
+                   "edges")["edges"]["stats"]["projection"]
+    assert uncapped["users_capped"] == uncapped["pairs_removed_by_cap"] == 0
+    assert uncapped["pairs_generated"] == projection["pairs_generated"] + projection["pairs_removed_by_cap"]
+    assert not pl.read_parquet(opts.dataset_root / records["edges"]["outputs"]["edges"]["path"]).equals(edges)

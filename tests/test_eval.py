@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -9,17 +10,19 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic_release import jpeg_bytes, make_synthetic_release, write_tar
 
 from trainer import evaluate
 from trainer.batch_graph import CSRGraph
 from trainer.cli import train_main
+from trainer.release import Release
 from trainer.run_io import load_run
+from trainer.synthetic import jpeg_bytes, make_synthetic_release, write_tar
 
 MODEL = str(Path(__file__).resolve().parents[1] / "trainer" / "model_configs" / "slip-tiny.json")
 RATES = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_mrr", "t2i_mrr",
@@ -43,12 +46,55 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _check_keys(result: dict, n_expected: int, prefix: str = "") -> None:
+    """Sanity only: a 2-step run has no known scores (exact values are test_score_on_hand_made_embeddings')."""
     for key in RATES:
         assert 0.0 <= result[prefix + key] <= 1.0, key
     for key in RANKS:
         assert 1.0 <= result[prefix + key] <= n_expected, key
-    assert result[prefix + "i2t_R@1"] <= result[prefix + "i2t_R@5"] <= result[prefix + "i2t_R@10"]
+    for way in ("i2t", "t2i"):
+        assert result[f"{prefix}{way}_R@1"] <= result[f"{prefix}{way}_R@5"] <= result[f"{prefix}{way}_R@10"]
     assert result[prefix + "lp_n_queries"] == 2 * result["lp_held_out_edges"] > 0
+
+
+def _one_hot(*rows: int, dim: int = 4) -> torch.Tensor:
+    return torch.eye(dim)[list(rows)]
+
+
+def test_score_on_hand_made_embeddings() -> None:
+    """Embeddings arranged so every score has a known answer.
+
+    Images are e0..e3; texts are e0, e1, e3, e2 (products 2 and 3 swapped). Image 2's caption scores 0 and ties
+    with texts 0 and 1 while text 3 scores 1: rank 1 + 3 = 4 (ties count against the query); same for image 3.
+    """
+    image, text = _one_hot(0, 1, 2, 3), _one_hot(0, 1, 3, 2)
+    weights = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), dim=0)
+    labels = np.array([0, 1, 0, 0])  # image 3 lies on class 1's axis: misclassified
+    sets = evaluate.EvalSets(eval_rows=np.arange(4), fewshot_rows=np.zeros(0, np.int64),
+                             lp_pool_rows=np.arange(4), lp_held_out=torch.zeros(2, 0, dtype=torch.long),
+                             lp_known=torch.zeros(2, 0, dtype=torch.long))
+    cfg = SimpleNamespace(chunk_size=2, seed=0, lp_negatives=1)
+    result = evaluate.score(image, text, labels, ["a", "b", "c", "d"], sets, weights, 2, cfg)
+    for way in ("i2t", "t2i"):
+        assert result[f"{way}_R@1"] == 0.5 and result[f"{way}_R@5"] == result[f"{way}_R@10"] == 1.0
+        assert result[f"{way}_mrr"] == pytest.approx((1 + 1 + 0.25 + 0.25) / 4)
+        assert result[f"{way}_mean_rank"] == 2.5 and result[f"{way}_median_rank"] == 2.5
+    assert result["zeroshot_acc1"] == 0.75 and result["zeroshot_n"] == 4
+    assert result["zeroshot_mean_per_class_recall"] == pytest.approx((2 / 3 + 1) / 2)
+    assert math.isnan(result["zeroshot_acc5"])  # fewer than 5 classes
+    assert not any(key.startswith(("lp_", "fewshot_")) for key in result)  # nothing held out, no pool
+
+    # products 2 and 3 share their caption: either text is a hit, so every query ranks first
+    same = evaluate.score(image, text, labels, ["a", "b", "c", "c"], sets, weights, 2, cfg)
+    assert all(same[f"{way}_R@1"] == same[f"{way}_mrr"] == 1.0 for way in ("i2t", "t2i"))
+
+    # link prediction: held-out edge 0-1, known edges 0-1 and 1-2, so node 1's only valid negative is node 3,
+    # which it prefers to node 0 (0.8 > 0.6): node 0 ranks its partner first, node 1 second
+    emb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0], [0.0, 1.0]])
+    lp_sets = dataclasses.replace(sets, lp_held_out=torch.tensor([[0], [1]]), lp_known=torch.tensor([[0, 1], [1, 2]]))
+    lp = evaluate.score(emb, emb, labels, ["a", "b", "c", "d"], lp_sets, None, 0, cfg)
+    assert lp["lp_n_queries"] == 2 and lp["lp_short_negatives"] == 0
+    assert lp["lp_hits@1"] == 0.5 and lp["lp_hits@10"] == 1.0 and lp["lp_mrr"] == pytest.approx((1 + 1 / 2) / 2)
+    assert not any(key.startswith("zeroshot_") for key in lp)  # no class weights, no zero-shot
 
 
 def test_slip_run_scored_encoder_only_and_graph_aware(workspace: dict[str, Path]) -> None:
@@ -57,7 +103,7 @@ def test_slip_run_scored_encoder_only_and_graph_aware(workspace: dict[str, Path]
     assert evaluate.main([str(workspace["slip"]), "--release", str(workspace["release"]), "--split", "test",
                           "--json", str(out), "--md", str(md), "--batch-size", "32"]) == 0
     result = json.loads(out.read_text())
-    n_test = int((evaluate.read_node_table(workspace["release"])["split"] == "test").sum())
+    n_test = int((Release(workspace["release"]).nodes()["split"] == "test").sum())
     assert result["method"] == "slip" and result["n_samples"] == n_test and result["skipped"] == 0
     _check_keys(result, n_test)
     _check_keys(result, n_test, prefix=evaluate.GRAPH_PREFIX)
@@ -116,7 +162,7 @@ def test_bad_samples_are_skipped_and_counted(workspace: dict[str, Path], tmp_pat
         fields.update(members)
         return f"{node_id:010d}", {k: v for k, v in fields.items() if v is not None}
 
-    nodes = evaluate.read_node_table(release)
+    nodes = Release(release).nodes()
     already_read = int(nodes["node_id"][nodes["split"] == "test"][0])
     write_tar(release / "shards" / "test-000090.tar", [
         sample(9001, jpg=b"not a jpeg"),
@@ -131,7 +177,7 @@ def test_bad_samples_are_skipped_and_counted(workspace: dict[str, Path], tmp_pat
 
     run = load_run(workspace["clip"])
     skipped: Counter = Counter()
-    encoded = evaluate.encode_shards(run, evaluate._split_shards(release, "test"), 8, 16, "cpu", skipped)
+    encoded = evaluate.encode_shards(run, Release(release).shards("test"), 8, 16, "cpu", skipped)
     assert skipped == {"bad_image": 1, "missing_txt": 1, "bad_json": 1, "bad_label": 1, "duplicate_node": 1,
                        "bad_shard": 1}
     ids = encoded.node_ids.tolist()
@@ -143,7 +189,7 @@ def test_bad_samples_are_skipped_and_counted(workspace: dict[str, Path], tmp_pat
 def test_held_out_edges_never_reach_the_refinement_graph(workspace: dict[str, Path]) -> None:
     release = workspace["release"]
     graph = CSRGraph.from_parquet(release / "edges.parquet")
-    nodes = evaluate.read_node_table(release)
+    nodes = Release(release).nodes()
     eval_ids = nodes["node_id"][nodes["split"] == "test"]
     linkable = nodes["has_image"]
     held = evaluate.choose_held_out_edges(graph, eval_ids, linkable, seed=0)

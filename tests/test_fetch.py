@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import load_config, make_opts, run
-from servers import (
+
+from etl.core.stage import StageError, record_path
+from etl.harness import load_config, make_opts, run
+from helpers.servers import (
     Cut,
     FaultServer,
     Redirect,
@@ -22,8 +24,6 @@ from servers import (
     closed_port_url,
     fail_then,
 )
-
-from etl.core.stage import StageError, record_path
 
 M = "amazon_2023/raw/meta_categories/meta_Electronics.jsonl.gz"
 R = "amazon_2023/raw/review_categories/Electronics.jsonl.gz"

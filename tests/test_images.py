@@ -20,14 +20,14 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from harness import adopt_stage, load_config, make_opts, run
 from PIL import Image
-from servers import Cut, FaultServer, Redirect, Serve, Stall, Status, fail_then
 
 import schemas
-from etl.imaging.chunks import chunk_paths, chunk_schema, iter_ok_images, read_latest
+from etl.harness import adopt_stage, load_config, make_opts, run
+from etl.imaging.chunks import chunk_paths, chunk_schema, iter_ok_chunks, read_latest
 from etl.imaging.workers import ImageWorkers
 from etl.sample import generate_catalog, serve_directory
+from helpers.servers import Cut, FaultServer, Redirect, Serve, Stall, Status, fail_then
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,10 +84,15 @@ def status_of(opts) -> dict[int, dict]:
     return {r["node_id"]: r for r in table.to_pylist()}
 
 
+def ok_jpegs(opts) -> dict[int, bytes]:
+    """node_id -> the stored JPEG, for every node whose latest result is ok."""
+    return {nid: data for ids, jpegs in iter_ok_chunks(opts.work_dir / "images" / "chunks")
+            for nid, data in zip(ids.tolist(), jpegs.to_pylist(), strict=True)}
+
+
 def ok_images(opts) -> dict[int, str]:
     """node_id -> sha256 of the stored JPEG, for every node whose latest result is ok."""
-    return {nid: hashlib.sha256(data).hexdigest()
-            for nid, data in iter_ok_images(opts.work_dir / "images" / "chunks")}
+    return {nid: hashlib.sha256(data).hexdigest() for nid, data in ok_jpegs(opts).items()}
 
 
 def test_faults_are_recovered_or_reported_with_their_reason(tmp_path):
@@ -161,7 +166,7 @@ def test_faults_are_recovered_or_reported_with_their_reason(tmp_path):
     big_row = by_path["/big.jpg"]
     assert (big_row["width"], big_row["height"], big_row["bytes"]) == (1200, 900, len(big))
     assert big_row["sha256"] == hashlib.sha256(big).hexdigest()
-    assert Image.open(io.BytesIO(dict(iter_ok_images(opts.work_dir / "images" / "chunks"))[1])).size == (341, 256)
+    assert Image.open(io.BytesIO(ok_jpegs(opts)[1])).size == (341, 256)
 
     counts = record["counts"]
     assert counts["input"] == len(urls) - 1 and counts["kept"] == len(ok)

@@ -9,11 +9,10 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from harness import adopt_stage, load_config, make_opts, run
-from test_edges import write_nodes, write_quarantine
 
 import schemas
 from etl.core.stage import StageError
+from etl.harness import adopt_stage, load_config, make_opts, run
 from etl.stages.labels import (
     SPLITS,
     assess_level,
@@ -21,6 +20,7 @@ from etl.stages.labels import (
     classes_at,
     stratified_split,
 )
+from helpers.tables import write_nodes, write_quarantine
 
 RULE = {"min_class_size": 10, "min_classes": 3, "max_classes": 10, "min_coverage": 0.6}
 

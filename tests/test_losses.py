@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import clip_loss, slip_total, structural_loss
+from trainer.losses import clip_loss, structural_loss, weighted_sum
 
 
 def nll(logits: list[float], positive: int) -> float:
@@ -107,15 +107,30 @@ def test_structural_intra_modal_term_excludes_self_and_isolated_rows():
     assert (both - cross).item() == pytest.approx(intra, rel=1e-5)
 
 
-def test_structural_temperature_gets_a_gradient_and_total_combines_terms():
+def test_structural_temperature_gets_a_gradient():
     log_inv_t = torch.tensor(math.log(1 / 0.07), requires_grad=True)
     edges = torch.tensor([[0, 1], [1, 0]])
     struct = structural_loss(IMG, TXT, edges, torch.exp(-log_inv_t))
     struct.backward()
     assert log_inv_t.grad is not None and torch.isfinite(log_inv_t.grad) and log_inv_t.grad.item() != 0.0
-    clip = clip_loss(IMG, TXT, torch.tensor(10.0))
-    assert slip_total(clip, struct.detach(), 0.5).item() == pytest.approx(clip.item() + 0.5 * struct.item())
-    assert slip_total(clip, None, 0.5).item() == clip.item()
+
+
+def test_weighted_sum_applies_declared_weights_and_passes_gradients_to_every_term():
+    a = torch.tensor(2.0, requires_grad=True)
+    b = torch.tensor(3.0, requires_grad=True)
+    c = torch.tensor(-1.5, requires_grad=True)
+    total = weighted_sum({"a": a, "b": b, "c": c}, {"b": 0.25, "c": 0.0})
+    assert total.item() == 2.0 + 0.75  # a undeclared: weight 1; c declared 0
+    total.backward()
+    assert (a.grad.item(), b.grad.item(), c.grad.item()) == (1.0, 0.25, 0.0)
+    assert weighted_sum({"clip": a}, {}).item() == 2.0
+
+
+def test_weighted_sum_rejects_a_weight_without_its_term_and_an_empty_dict():
+    with pytest.raises(ValueError, match=r"weights for terms \['struct'\] the method did not return"):
+        weighted_sum({"clip": torch.tensor(1.0)}, {"struct": 1.0})
+    with pytest.raises(ValueError, match="no loss term"):
+        weighted_sum({}, {})
 
 
 def test_structural_rejects_unknown_policy():

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from harness import adopt_stage, load_config, make_opts, run
 
 import schemas
-from etl.parse import rawio, text
+from etl.harness import adopt_stage, load_config, make_opts, run
+from etl.parse import jsonl, rawio, text
 from etl.sample import generate_catalog
 from etl.stages import nodes
 
@@ -210,8 +210,9 @@ def test_batches_do_not_change_the_result(tmp_path: Path, monkeypatch: pytest.Mo
         lines.append(record(asin, title=f"Item {i} &amp; more") if i % 37 else '{"broken": ')
     path = write_lines(tmp_path / "meta.jsonl.gz", lines)
     big = run_nodes(tmp_path / "big", path)
-    monkeypatch.setattr(nodes, "BATCH_BYTES", 2048)  # ~15 lines per batch
-    monkeypatch.setattr(nodes, "PYTHON_BLOCK_LINES", 2)
+    monkeypatch.setattr(jsonl, "BATCH_BYTES", 2048)  # ~15 lines per batch
+    monkeypatch.setattr(jsonl, "PARSE_BYTES", 512)
+    monkeypatch.setattr(jsonl, "PYTHON_BLOCK_LINES", 2)
     small = run_nodes(tmp_path / "small", path)
     assert big["counts"] == small["counts"]
     for a, b in zip(outputs(tmp_path / "big", big), outputs(tmp_path / "small", small)):  # row groups differ
@@ -219,8 +220,8 @@ def test_batches_do_not_change_the_result(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_oversized_line_is_rejected_and_the_stream_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nodes, "BATCH_BYTES", 4096)
-    monkeypatch.setattr(nodes, "MAX_LINE_BYTES", 8192)
+    monkeypatch.setattr(jsonl, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 8192)
     lines = [record("B000000001"), record("B000000002", title="x" * 50_000), record("B000000003")]
     rec = run_nodes(tmp_path, write_lines(tmp_path / "meta.jsonl.gz", lines))
     df, q = outputs(tmp_path, rec)
@@ -287,5 +288,5 @@ def test_reads_gzip_without_isal_and_plain_files(tmp_path: Path, monkeypatch: py
     plain = write_lines(tmp_path / "meta.jsonl", lines, gz=False)
     monkeypatch.setattr(rawio, "_igzip", None)  # zlib fallback when ISA-L is not installed
     for path in (gz, plain):
-        batches = list(nodes.read_line_batches(path))
+        batches = list(jsonl.read_line_batches(path))
         assert [b.line(i).decode() for b in batches for i in range(len(b))] == lines

@@ -1,19 +1,21 @@
 """Graph-aware ordering: neighbours land in the same batch far more often than in a random order, batches still mix
-labels, cluster sizes stay near the target, and the shuffle-buffer simulation is webdataset's own algorithm."""
+labels, cluster sizes stay near the target, and the shuffle simulation is the trainer's own sample shuffle."""
 from __future__ import annotations
 
 import random
 
 import numpy as np
 import pytest
-from webdataset.filters import _shuffle
 
 from etl.graph.ordering import (
+    TRAINER_SHUFFLE_BUFFER,
     graph_order,
     in_batch_stats,
     random_order,
-    shuffle_buffer_permutation,
+    reservoir_shuffle_permutation,
 )
+from trainer.config import TrainConfig
+from trainer.data import StreamSpec, shuffle_buffer
 
 
 def clustered_graph(n: int = 6000, community: int = 24, n_labels: int = 12, degree: int = 4, p_in: float = 0.85,
@@ -55,9 +57,11 @@ def test_graph_order_puts_neighbours_in_batches_and_still_mixes_labels(graph):
         assert g["edges_per_batch"] > gain * r["edges_per_batch"], (g, r)
         if batch >= 256:
             assert g["labels_per_batch"] >= 0.8 * r["labels_per_batch"], (batch, g, r)
-    # a webdataset-style shuffle buffer weakens but does not erase the effect at training batch sizes
-    g = in_batch_stats(ordered.node_ids, (src, dst), 256, shuffle_buffer=1000, labels=labels[ordered.node_ids])
-    r = in_batch_stats(baseline.node_ids, (src, dst), 256, shuffle_buffer=1000, labels=labels[baseline.node_ids])
+    # the trainer's sample shuffle weakens but does not erase the effect at training batch sizes
+    g = in_batch_stats(ordered.node_ids, (src, dst), 256, shuffle_buffer=TRAINER_SHUFFLE_BUFFER,
+                       labels=labels[ordered.node_ids])
+    r = in_batch_stats(baseline.node_ids, (src, dst), 256, shuffle_buffer=TRAINER_SHUFFLE_BUFFER,
+                       labels=labels[baseline.node_ids])
     assert g["frac_with_neighbor"] > 1.5 * r["frac_with_neighbor"]
     assert g["labels_per_batch"] >= 0.9 * r["labels_per_batch"]
 
@@ -110,7 +114,15 @@ def test_in_batch_stats_by_hand():
     assert in_batch_stats(order, edges, 5)["edges_per_batch"] == 4.0
 
 
-@pytest.mark.parametrize("n,bufsize", [(0, 10), (5, 10), (1000, 100), (3000, 1000)])
-def test_shuffle_simulation_is_webdatasets_algorithm(n, bufsize):
-    expected = list(_shuffle(iter(range(n)), bufsize=bufsize, initial=100, rng=random.Random(7)))
-    assert shuffle_buffer_permutation(n, bufsize, seed=7).tolist() == expected
+@pytest.mark.parametrize("n,size,seed", [(0, 10, 0), (5, 10, 7), (10, 10, 1), (11, 10, 2), (1000, 100, 7),
+                                         (3000, 256, "buffer:0:0:0:0"), (500, 1, 3), (500, 0, 3)])
+def test_shuffle_simulation_is_the_trainers_sample_shuffle(n, size, seed):
+    expected = list(shuffle_buffer(iter(range(n)), size, random.Random(seed)))
+    got = reservoir_shuffle_permutation(n, size, seed=seed).tolist()
+    assert got == expected
+    assert sorted(got) == list(range(n))
+
+
+def test_ordering_stats_use_the_trainers_default_buffer():
+    assert TRAINER_SHUFFLE_BUFFER == TrainConfig.model_fields["shuffle_buffer"].default
+    assert TRAINER_SHUFFLE_BUFFER == StreamSpec.__dataclass_fields__["shuffle_buffer"].default

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from harness import run
-from test_shards import make_upstream
 
+from etl.harness import run
 from etl.release.publish import (
     Destination,
     PublishError,
@@ -26,6 +25,7 @@ from etl.release.publish import (
     publish_release,
 )
 from etl.release.validate import validate_release
+from helpers.upstream import make_upstream
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ import os
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from harness import run
 from PIL import Image
-from test_shards import CORRUPT_NODE, expected_samples, is_kept, make_upstream
 
 import schemas
 from etl.core.stage import StageError
+from etl.harness import run
 from etl.release.validate import validate_release
 from etl.summary import print_summary
+from helpers.upstream import CORRUPT_NODE, expected_samples, is_kept, make_upstream
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_card_front_matter_plots_and_stats(released):
 
 def test_same_version_different_bytes_is_refused_and_a_new_version_is_built(released):
     _, opts, _ = released
-    from harness import load_config
-    from test_shards import SMALL
+    from etl.harness import load_config
+    from helpers.upstream import SMALL
 
     changed = load_config(overrides=[*SMALL, "release.license=cc-by-4.0"])
     with pytest.raises(StageError, match="different release of version 1.0.0"):
@@ -134,7 +134,7 @@ def test_stats_summary_of_dataset_root_and_release(released, capsys, tmp_path):
     text = capsys.readouterr().out
     for stage in ("fetch", "nodes", "edges", "reviews", "labels", "images", "shards", "release"):
         assert stage in text
-    assert "bad_jpeg 1" in text and "no_image" in text and "in-batch neighbour" in text
+    assert "bad_jpeg: 1" in text and "no_image" in text and "in-batch neighbour" in text
     print_summary(opts.dataset_root / "releases" / "1.0.0")
     text = capsys.readouterr().out
     assert "release slip-amazon-electronics 1.0.0" in text and "degree mean" in text

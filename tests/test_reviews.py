@@ -8,9 +8,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from harness import adopt_stage, load_config, make_opts, run
 
 import schemas
+from etl.harness import adopt_stage, load_config, make_opts, run
 from etl.sample import generate_catalog
 from etl.stages import reviews
 

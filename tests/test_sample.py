@@ -21,7 +21,6 @@ import pytest
 from PIL import Image
 
 from etl.sample import SAMPLE_GENERATOR_VERSION, generate_catalog, serve_directory
-from etl.sample import generator as generator_module
 from etl.sample.defects import RATES
 from etl.sample.taxonomy import LEAVES
 
@@ -318,10 +317,21 @@ def test_every_image_url_maps_onto_a_jpeg_except_the_listed_broken_ones(small):
     assert len(list((root / "images" / "I").iterdir())) == truth["counts"]["image_files"]
 
 
-def test_the_generator_docstring_documents_every_defect_kind():
-    for kinds in RATES.values():
-        for kind in kinds:
-            assert kind in generator_module.__doc__, kind
+def test_each_defect_kind_is_injected_max_2_or_rate_times_n_times_on_lines_with_one_defect_each(small):
+    """The rule the generator documents: count = max(2, round(rate x n)), n = products for the metadata and image
+    kinds, clean reviews for the review kinds; per-product kinds hit disjoint products, so a line has one defect."""
+    _, truth = small
+    n = {"meta_2023": SMALL, "images": SMALL, "meta_2018": SMALL, "reviews_2023": truth["counts"]["reviews"]}
+    for file, kinds in RATES.items():
+        for kind, rate in kinds.items():
+            stated = truth["defects"][file][kind]
+            assert stated["count"] == len(stated["items"]) == max(2, round(rate * n[file])), (file, kind)
+    for file in ("meta_2023", "reviews_2023", "meta_2018"):
+        lines = [item["line"] for kind in RATES[file] for item in truth["defects"][file][kind]["items"]]
+        assert len(lines) == len(set(lines)), file
+    per_product = [item["asin"] for file in ("meta_2023", "images") for kind in RATES[file]
+                   if kind != "not_an_object" for item in truth["defects"][file][kind]["items"]]
+    assert len(per_product) == len(set(per_product))
 
 
 # --- structure -------------------------------------------------------------------------------------------------------

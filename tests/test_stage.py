@@ -178,7 +178,8 @@ def test_force_on_a_resuming_stage_keeps_its_partial_state(env):
 
 
 def test_known_folder_hashes_give_the_same_description(tmp_path: Path):
-    from etl.core.stage import describe_output, file_sha256
+    from etl.core.stage import describe_output
+    from slipio.hashing import file_sha256
 
     folder = tmp_path / "rel"
     (folder / "sub").mkdir(parents=True)
@@ -189,3 +190,23 @@ def test_known_folder_hashes_give_the_same_description(tmp_path: Path):
     assert describe_output(tmp_path, folder, known) == hashed
     (folder / "a.txt").write_text("changed size")  # a stale hint is not trusted
     assert describe_output(tmp_path, folder, known)["sha256"] != hashed["sha256"]
+
+
+def test_registry_reads_each_stage_modules_version_lazily():
+    import subprocess
+    import sys
+
+    probe = ("import sys; from etl.stages import STAGES; import etl.cli; "
+             "assert not any(m.split('.')[0] in ('polars', 'pyarrow', 'httpx') for m in sys.modules), 'eager'; "
+             "print(STAGES['images'].version, 'etl.stages.images' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    import etl.stages.images
+
+    assert out == [etl.stages.images.VERSION, "True"], "the version is the module's, read on first use"
+
+
+def test_a_stage_version_must_be_a_non_empty_string():
+    assert StageSpec("x", lambda: "3", _produce).version == "3"
+    for bad in ("", None, 3):
+        with pytest.raises(StageError, match="VERSION must be a non-empty string"):
+            StageSpec("x", lambda bad=bad: bad, _produce).version

@@ -1,4 +1,5 @@
-"""etl.release.tarwriter: the hand-built ustar members are byte-for-byte what tarfile writes, and read back by tarfile."""
+"""etl.release.tarwriter: the hand-built ustar members are byte-for-byte what tarfile writes, and read back by
+tarfile."""
 from __future__ import annotations
 
 import hashlib

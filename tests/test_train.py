@@ -13,20 +13,17 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-from synthetic_release import make_synthetic_release, write_tar
 
+from helpers.training import MICRO_CONFIG, make_train_assets, train_args
 from trainer.cli import train_main
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, TrainSetupError
 from trainer.loop import train
+from trainer.methods.slip import SLIP
 from trainer.model import resolve_model_name
 from trainer.optim import decays, lr_at
 from trainer.run_io import load_run, read_log
+from trainer.synthetic import write_tar
 
-MICRO_CONFIG = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 STEPS, CKPT_EVERY = 24, 12
 
 
@@ -42,19 +39,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    release = make_synthetic_release(root / "release", n_nodes=300, shard_size=48, image_size=32)
-    model_json = root / "slip-micro.json"
-    model_json.write_text(json.dumps(MICRO_CONFIG))
-    return {"root": root, "release": release, "model": model_json}
+    return make_train_assets(tmp_path_factory.mktemp("train"))
 
 
 def base_args(assets, out: Path, **overrides) -> dict:
-    args = dict(release=str(assets["release"]), model=str(assets["model"]), method="slip", batch_size=24,
-                workers=2, steps=STEPS, seed=3, lr=1e-3, warmup=3, shuffle_buffer=100, ckpt_every=CKPT_EVERY,
-                keep_last=5, out=str(out))
-    args.update(overrides)
-    return args
+    return train_args(assets, out, **{"steps": STEPS, "ckpt_every": CKPT_EVERY, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +72,7 @@ def test_short_run_lowers_the_loss_and_writes_the_run_folder(slip_run):
     assert sorted(p.name for p in (slip_run / "checkpoints").iterdir()) == ["step-00000012.pt", "step-00000024.pt"]
     assert list((slip_run / "tb").glob("events.out.tfevents.*"))
     assert json.loads((slip_run / "config.json").read_text())["method"] == "slip"
+    assert summary["final"] == {k: log[-1][k] for k in ("loss", "loss_clip", "loss_struct")}
 
 
 def cli_command() -> list[str]:
@@ -119,7 +109,7 @@ def test_resume_latest_after_a_kill_continues_the_same_run(assets, slip_run, tmp
     (killed / "open_clip_state_dict.pt").unlink()
     lines = (killed / "log.jsonl").read_text().splitlines()[:18]
     (killed / "log.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(Exception, match="already holds checkpoints"):
+    with pytest.raises(TrainSetupError, match="already holds checkpoints: pass --resume latest"):
         train(TrainConfig(**base_args(assets, killed)))
     train(TrainConfig(**base_args(assets, killed, resume="latest")))
     assert losses(killed) == losses(slip_run)
@@ -159,8 +149,8 @@ def test_clip_method_trains_on_the_same_data_without_graph_parts(assets, slip_ru
     log = read_log(out)
     slip_log = read_log(slip_run)
     assert [r["data_digest"] for r in log] == [r["data_digest"] for r in slip_log[:4]]
-    assert all(r["loss_struct"] is None and r["struct_temperature"] is None for r in log)
-    assert log[0]["loss_clip"] == log[0]["loss"]
+    assert not any(k in r for r in log for k in ("loss_struct", "struct_temperature", "alpha_image"))
+    assert all(r["loss_clip"] == r["loss"] for r in log)
     assert summary["steps"] == 4
     run = load_run(out)
     assert run.method == "clip" and not run.model.has_graph
@@ -182,7 +172,7 @@ def test_cli_rejects_bad_input_clearly(assets, tmp_path, capsys):
         train_main(["--help"])
     assert help_exit.value.code == 0 and "--lambda-struct" in capsys.readouterr().out
     cases = [
-        (["--release", str(tmp_path / "nope")], "no shards/ folder"),
+        (["--release", str(tmp_path / "nope")], "nope: not a folder"),
         (["--release", str(assets["release"]), "--model", "ViT-B-32-typo"], "unknown model"),
         (["--release", str(assets["release"]), "--model", str(tmp_path / "missing.json")], "not found"),
         (["--shards", str(tmp_path / "x-{000000..000003}.tar"), "--method", "clip"], "no file matches"),
@@ -215,8 +205,10 @@ def test_optimizer_exclusions_and_schedule():
     assert decays("clip.visual.transformer.resblocks.0.attn.in_proj_weight", matrix)
     assert not decays("clip.visual.transformer.resblocks.0.attn.in_proj_bias", vector)
     for name in ("clip.token_embedding.weight", "clip.positional_embedding", "clip.ln_final.weight",
-                 "clip.logit_scale", "gat_image.alpha"):
+                 "clip.logit_scale"):
         assert not decays(name, matrix), name
+    for name in ("gat_image.alpha", "struct_log_inv_temperature"):  # SLIP's own scales: its markers
+        assert decays(name, matrix) and not decays(name, matrix, SLIP.no_decay), name
 
 
 def test_pretrained_local_file_and_tower_locks(assets, slip_run):
@@ -232,5 +224,5 @@ def test_pretrained_local_file_and_tower_locks(assets, slip_run):
     assert any(n.startswith("transformer.resblocks.1.") for n in trainable_text)
     assert not any(n.startswith("transformer.resblocks.0.") for n in trainable_text)
     assert all(p.requires_grad for p in model.gat_image.parameters())
-    with pytest.raises(Exception, match="not a known tag or valid file path|could not load pretrained"):
+    with pytest.raises(TrainSetupError, match="could not load pretrained .*nope.pt"):
         build_model(cfg.model_copy(update={"pretrained": str(slip_run / "nope.pt")}))

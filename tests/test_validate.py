@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from harness import run
-from test_shards import make_upstream
 
+from etl.harness import run
 from etl.release.validate import validate_release
+from helpers.upstream import make_upstream
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow as pa
 import torch
 from torch import Tensor
+
+from trainer.release import read_edges
 
 #: weight of the link between two copies of the same product in one batch (the self pair's weight in the losses)
 COPY_LINK_WEIGHT = 1.0
@@ -67,21 +68,17 @@ class CSRGraph:
         return cls(indptr=indptr, indices=cols.astype(np.int64), weights=vals, max_neighbors=max_neighbors)
 
     @classmethod
+    def from_table(cls, edges: pa.Table, num_nodes: Optional[int] = None,
+                   max_neighbors: Optional[int] = None) -> "CSRGraph":
+        """From an edge table with src, dst and weight columns (`Release.edges()`, `read_edges`)."""
+        return cls.from_edges(edges.column("src").to_numpy(), edges.column("dst").to_numpy(),
+                              edges.column("weight").to_numpy(), num_nodes=num_nodes, max_neighbors=max_neighbors)
+
+    @classmethod
     def from_parquet(cls, edges_path: Path, num_nodes: Optional[int] = None, kinds: Optional[Sequence[str]] = None,
                      max_neighbors: Optional[int] = None) -> "CSRGraph":
-        """Read a release's edges.parquet (src, dst, weight, kind), optionally keeping only some kinds."""
-        path = Path(edges_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"edges file not found: {path}")
-        table = pq.read_table(path, columns=["src", "dst", "weight", "kind"])
-        if kinds is not None:
-            present = set(table.column("kind").unique().to_pylist())
-            unknown = set(kinds) - present
-            if unknown:
-                raise ValueError(f"edge kinds {sorted(unknown)} not in {path} (present: {sorted(present)})")
-            table = table.filter(pc.is_in(table.column("kind"), value_set=pc.cast(list(kinds), "string")))
-        return cls.from_edges(table.column("src").to_numpy(), table.column("dst").to_numpy(),
-                              table.column("weight").to_numpy(), num_nodes=num_nodes, max_neighbors=max_neighbors)
+        """Read an edges file (a release's edges.parquet or `--graph FILE`), optionally keeping only some kinds."""
+        return cls.from_table(read_edges(edges_path, kinds), num_nodes=num_nodes, max_neighbors=max_neighbors)
 
     def neighbors(self, node: int) -> np.ndarray:
         return self.indices[self.indptr[node]:self.indptr[node + 1]]

@@ -6,16 +6,16 @@ values, so it loads with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from slipio import atomic
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -53,24 +53,10 @@ def resolve_checkpoint(run_dir: Path, which: str = "latest") -> Path:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename: a crash never leaves a torn checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """torch.save to a temp file in the same folder, fsync, rename (slipio): a crash never leaves a torn
+    checkpoint, and a failed save leaves no temp file."""
+    with atomic.atomic_path(Path(path)) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:

@@ -6,10 +6,8 @@ log.jsonl against step) and DIR/metrics.png (grouped bars of the headline metric
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -113,30 +111,13 @@ def plot_metric_bars(evals: dict[str, dict[str, Any]], out_path: Path) -> Option
     return _save(fig, out_path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="slip-eval compare", description="Side-by-side table and plots of evaluated runs: reads each "
-        "RUN/eval-SPLIT.json (or a JSON path given directly) and RUN/log.jsonl.")
-    parser.add_argument("runs", type=Path, nargs="+", help="Run folders (or eval JSON files).")
-    parser.add_argument("--out", type=Path, default=Path("compare"), help="Output folder (default: ./compare).")
-    parser.add_argument("--split", default="test", help="Which eval-SPLIT.json to read (default: test).")
-    return parser
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        evals = load_evals(args.runs, args.split)
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        print(f"slip-eval compare: error: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = args.out / "compare.md"
-    table.write_text(f"# slip-eval compare ({args.split} split)\n\n" + comparison_table(evals))
-    run_dirs = dict(zip(evals, (_run_dir(r) for r in args.runs)))
-    written = [table, plot_training_curves(run_dirs, args.out / "training_curves.png"),
-               plot_metric_bars(evals, args.out / "metrics.png")]
-    for path in written:
-        if path is not None:
-            print(path)
-    return 0
+def write_comparison(runs: list[Path], out: Path, split: str = "test") -> list[Path]:
+    """Write OUT/compare.md and the plots (those with data) for `runs`; return the files written."""
+    evals = load_evals(runs, split)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "compare.md"
+    table.write_text(f"# slip-eval compare ({split} split)\n\n" + comparison_table(evals))
+    run_dirs = dict(zip(evals, (_run_dir(r) for r in runs)))
+    written = [table, plot_training_curves(run_dirs, out / "training_curves.png"),
+               plot_metric_bars(evals, out / "metrics.png")]
+    return [path for path in written if path is not None]

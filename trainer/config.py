@@ -1,25 +1,28 @@
 """`TrainConfig`: every training choice in one validated place.
 
-The SLIP paper leaves many details undisclosed (GAT variant and size, how the GAT output is fused with the
-encoder output, the structural loss weight and temperature, ...). Each of them is a field here with a default and
-the reason for that default, so a run's `config.json` states exactly what was trained.
+Each choice is a field with a default and the reason for that default, so a run's `config.json` states exactly
+what was trained. The fields every method shares live in `BaseTrainConfig`; each registered method's own fields
+(its `Options`, e.g. SLIP's gat_* / fusion_* / lambda_struct / struct_*) are flattened into TrainConfig by
+`config_class()`, so flags, config files and old `RUN/config.json` keep one flat namespace.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from trainer.methods import get_method, method_names, registered_methods
+
+DEFAULT_METHOD = "slip"
 
 
 class TrainSetupError(ValueError):
     """A problem with the user's input (config, paths, model name) reported without a traceback."""
 
 
-class TrainConfig(BaseModel):
-    """Resolved training configuration; saved as `RUN/config.json`."""
+class BaseTrainConfig(BaseModel):
+    """The fields every method shares; `TrainConfig` adds the registered methods' own."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -38,17 +41,14 @@ class TrainConfig(BaseModel):
     shuffle_buffer: int = Field(
         256, ge=0, description="Samples held in each worker's shuffle buffer. Shards are written in graph-aware "
         "order (clusters of neighbours, clusters interleaved across categories), and a large sample buffer undoes "
-        "it: on a 200k-node graph, batch 256 keeps 95% of samples with an in-batch neighbour with no buffer, 51% "
-        "with 256 and 21% with 1000 (bench/bench_ordering.py). Shard order is shuffled each epoch anyway "
-        "(0 = no sample shuffle).")
+        "it (how much: bench/README.md). Shard order is shuffled each epoch anyway (0 = no sample shuffle).")
     shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
     augment: bool = Field(
         True, description="Use open_clip's train transform (RandomResizedCrop scale 0.9-1) instead of the val one.")
     workers: int = Field(1, ge=0, description="DataLoader worker processes (0 = load in the main process).")
 
     # ---- model --------------------------------------------------------------------------------------------------
-    method: Literal["slip", "clip"] = Field(
-        "slip", description="slip = CLIP + GATs + structural loss; clip = same loop without GATs/structural loss.")
+    method: str = Field(DEFAULT_METHOD, description="Training method (one of trainer/methods' registry).")
     model: str = Field("slip-tiny", description="open_clip model name or path of an open_clip model-config JSON.")
     pretrained: Optional[str] = Field(
         None, description="open_clip pretrained tag or local weights file; default None = random init.")
@@ -59,44 +59,6 @@ class TrainConfig(BaseModel):
     lock_text_unlocked_layers: int = Field(0, ge=0, description="Last text-tower layers left trainable.")
     lock_text_freeze_layer_norm: bool = Field(
         True, description="Freeze LayerNorms in a locked text tower (open_clip's built-in text tower requires True).")
-
-    gat_type: Literal["gatv2", "gat"] = Field(
-        "gatv2", description="GATv2Conv (dynamic attention, strictly more expressive than GAT) or GATConv.")
-    gat_layers: int = Field(
-        2, ge=1, description="GAT layers; 2 reaches 2-hop neighbours, beyond that batches rarely hold the path.")
-    gat_heads: int = Field(4, ge=1, description="Attention heads per layer (outputs concatenated).")
-    gat_hidden: Optional[int] = Field(
-        None, ge=1, description="Hidden width between GAT layers; None = the CLIP embedding dim (keeps the "
-        "refiner as wide as its input). Must be divisible by gat_heads, as must the embedding dim.")
-    gat_dropout: float = Field(0.1, ge=0, lt=1, description="Feature dropout between GAT layers (PyG default 0 "
-                               "overfits tiny neighbourhoods; 0.1 is the usual light setting).")
-    gat_attn_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention coefficients.")
-    gat_edge_weight: bool = Field(
-        False, description="Feed edge weights to the GAT as a 1-d edge attribute. Off by default: release "
-        "weights are co-purchase counts whose scale differs between sources.")
-    fusion_alpha_init: float = Field(
-        0.1, description="Residual fusion h = normalize(e + alpha * GAT(e)); 0.1 keeps the refined embedding "
-        "close to the encoder's at the start (safe with pretrained towers) yet gives the GAT a gradient from "
-        "step one (alpha = 0 would not).")
-    fusion_alpha_learnable: bool = Field(True, description="Learn alpha (one scalar per modality).")
-
-    # ---- losses -------------------------------------------------------------------------------------------------
-    lambda_struct: float = Field(
-        1.0, ge=0, description="Total = CLIP + lambda * structural; 1.0 weighs both objectives equally.")
-    struct_temperature_init: float = Field(
-        0.07, gt=0, description="Initial structural temperature; 0.07 is CLIP's own initial temperature.")
-    struct_temperature_learnable: bool = Field(True, description="Learn the structural temperature (as log 1/T).")
-    struct_temperature_min: float = Field(
-        0.01, gt=0, description="Lower clamp of the structural temperature (= CLIP's logit-scale cap of 100).")
-    struct_intra_modal: bool = Field(
-        False, description="Add intra-modal terms (image-image, text-text) to the always-on cross-modal terms.")
-    struct_edge_weight: bool = Field(
-        False, description="Weigh neighbour positives by edge weight (self pair weight 1); off for the same "
-        "reason as gat_edge_weight.")
-    struct_no_neighbor: Literal["self", "exclude"] = Field(
-        "self", description="Rows with no in-batch neighbour: 'self' keeps them with the self pair as the only "
-        "positive (every sample contributes, the term degrades to InfoNCE); 'exclude' drops them (a batch with "
-        "no edges then gives structural loss 0).")
 
     # ---- optimisation -------------------------------------------------------------------------------------------
     batch_size: int = Field(128, ge=1, description="Samples per micro-batch per rank.")
@@ -127,15 +89,15 @@ class TrainConfig(BaseModel):
     resume: Optional[str] = Field(None, description="'latest' (in --out) or a checkpoint path to continue from.")
 
     @model_validator(mode="after")
-    def _check_data_source(self) -> "TrainConfig":
+    def _check_data_source_and_method(self) -> "BaseTrainConfig":
         if self.release is None and self.shards is None:
             raise ValueError("give --release REL or --shards PATTERN")
         if self.release is not None and self.shards is not None:
             raise ValueError("give either --release or --shards, not both")
-        if self.method == "slip" and self.shards is not None and self.graph is None:
-            raise ValueError("--method slip with --shards needs --graph edges.parquet")
-        if self.gat_hidden is not None and self.gat_hidden % self.gat_heads:
-            raise ValueError(f"gat_hidden {self.gat_hidden} is not divisible by gat_heads {self.gat_heads}")
+        method = get_method(self.method)
+        if method.needs_graph and self.shards is not None and self.graph is None:
+            raise ValueError(f"--method {self.method} with --shards needs --graph edges.parquet")
+        method.check(self)
         return self
 
     def graph_path(self) -> Optional[Path]:
@@ -147,21 +109,49 @@ class TrainConfig(BaseModel):
         return None
 
 
-def build_config(file: Optional[Path] = None, **overrides: Any) -> TrainConfig:
-    """Config from an optional YAML/JSON file with `overrides` (the flags actually given) on top; errors name the
-    bad key."""
-    values: dict[str, Any] = {}
-    if file is not None:
-        if not Path(file).is_file():
-            raise TrainSetupError(f"config file not found: {file}")
-        text = Path(file).read_text()
-        loaded = json.loads(text) if str(file).endswith(".json") else yaml.safe_load(text)
-        if not isinstance(loaded, dict):
-            raise TrainSetupError(f"config file {file} must hold a mapping of field: value")
-        values.update(loaded)
-    values.update(overrides)
+_COMPOSED: dict[tuple[type, ...], type[BaseTrainConfig]] = {}
+
+
+def config_class() -> type[BaseTrainConfig]:
+    """BaseTrainConfig + the options of every registered method, flat; `method` limited to the registered names.
+
+    A field name two methods declare must be declared identically (e.g. a combined method reusing SLIP's options
+    class). Cached per registry content; `TrainConfig` is the class for the built-in methods.
+    """
+    methods = tuple(registered_methods())
+    if methods not in _COMPOSED:
+        _COMPOSED[methods] = _compose(methods)
+    return _COMPOSED[methods]
+
+
+def _compose(methods: tuple[type, ...]) -> type[BaseTrainConfig]:
+    fields: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for method in methods:
+        for name, info in method.Options.model_fields.items():
+            if name in BaseTrainConfig.model_fields:
+                raise TypeError(f"method {method.name!r} option {name!r} clashes with a common TrainConfig field")
+            if name in fields and repr(fields[name][1]) != repr(info):
+                raise TypeError(f"option {name!r} is declared differently by methods {owner[name]!r} and "
+                                f"{method.name!r}")
+            fields.setdefault(name, (info.annotation, info))
+            owner.setdefault(name, method.name)
+    names = tuple(method_names())
+    choices = "; ".join(f"{m.name} = {m.description}" for m in methods)
+    method_field = (Literal[names], Field(DEFAULT_METHOD, description=f"Training method: {choices}."))
+    return create_model("TrainConfig", __base__=BaseTrainConfig, __module__=__name__,
+                        __doc__="Resolved training configuration; saved as `RUN/config.json`.",
+                        method=method_field, **fields)
+
+
+TrainConfig = config_class()
+
+
+def build_config(**values: Any) -> BaseTrainConfig:
+    """The validated config for `values` (a config file's mapping with the flags given on top); errors name the bad
+    key. Reading the file is the CLI's job (`slipio.cli.read_mapping`)."""
     try:
-        return TrainConfig(**values)
+        return config_class()(**values)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors())

@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer.config import TrainSetupError
+from trainer.release import Release
 
 Sample = dict[str, Any]
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # <key>.<ext>, key without dots (webdataset's rule)
@@ -63,15 +64,9 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def resolve_shards(release: Optional[str] = None, shards: Optional[str] = None, split: str = "train") -> list[str]:
-    """Shard paths from a release (REL/shards/{split}-*.tar) or a brace/glob pattern; missing -> clear error."""
+    """Shard paths of a release's split (`Release.shards`) or of a brace/glob pattern; missing -> clear error."""
     if release is not None:
-        folder = Path(release) / "shards"
-        if not folder.is_dir():
-            raise TrainSetupError(f"release {release} has no shards/ folder")
-        found = sorted(str(p) for p in folder.glob(f"{split}-*.tar"))
-        if not found:
-            raise TrainSetupError(f"no {split}-*.tar shards in {folder}")
-        return found
+        return Release(release).shards(split)
     if shards is None:
         raise TrainSetupError("give --release or --shards")
     found, missing = [], []
@@ -137,7 +132,8 @@ def tar_samples(shards: Iterable[str], skipped: Counter) -> Iterator[Sample]:
 
 
 def decode_samples(samples: Iterable[Sample], skipped: Counter) -> Iterator[Sample]:
-    """Validate and decode: RGB PIL image, caption str, metadata dict with an int node_id. Bad ones are counted."""
+    """Validate and decode: RGB PIL image, caption str, int node_id and the parsed `.json` member (`meta`, so no
+    later stage parses it again). Bad ones are counted."""
     for sample in samples:
         missing = [ext for ext in ("jpg", "txt", "json") if ext not in sample]
         if missing:
@@ -164,7 +160,7 @@ def decode_samples(samples: Iterable[Sample], skipped: Counter) -> Iterator[Samp
             skipped["bad_image"] += 1
             continue
         yield {"key": sample["__key__"], "shard": sample["__shard__"], "image": image, "caption": caption,
-               "node_id": node_id}
+               "node_id": node_id, "meta": meta}
 
 
 def shuffle_buffer(samples: Iterable[Sample], size: int, rng: random.Random) -> Iterator[Sample]:

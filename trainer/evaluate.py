@@ -24,9 +24,7 @@ What the numbers mean:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import sys
 from collections import Counter
@@ -36,7 +34,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 from torch_geometric.utils import k_hop_subgraph
@@ -44,14 +41,11 @@ from torch_geometric.utils import k_hop_subgraph
 from trainer import metrics
 from trainer.batch_graph import CSRGraph
 from trainer.compare import GRAPH_PREFIX, format_value
-from trainer.compare import main as compare_main
-from trainer.config import TrainSetupError
-from trainer.data import decode_samples, resolve_shards, tar_samples
+from trainer.data import decode_samples, tar_samples
+from trainer.eval_config import EvalConfig
 from trainer.prompts import class_prompts
+from trainer.release import Release
 from trainer.run_io import LoadedRun, atomic_write_json, load_run
-
-ALL_SPLITS = ("train", "val", "test")
-
 
 # ---------------------------------------------------------------------------------------------
 # reading and encoding
@@ -82,23 +76,17 @@ def _key_node_id(key: str) -> Optional[int]:
     return int(name) if name.isdigit() else None
 
 
-def _select(raw: Iterable[dict], wanted: Optional[set[int]], skip_ids: set[int]) -> Iterator[dict]:
+def _is_selected(node_id: int, wanted: Optional[set[int]], skip_ids: frozenset[int]) -> bool:
+    """The one node filter of encode_shards: in `wanted` (when given) and not in `skip_ids`."""
+    return node_id not in skip_ids and (wanted is None or node_id in wanted)
+
+
+def _select(raw: Iterable[dict], wanted: Optional[set[int]], skip_ids: frozenset[int]) -> Iterator[dict]:
     """Drop unwanted samples before their JPEG is decoded (the key names the product)."""
     for sample in raw:
         node_id = _key_node_id(sample["__key__"])
-        if node_id is not None and (node_id in skip_ids or (wanted is not None and node_id not in wanted)):
-            continue
-        yield sample
-
-
-def _record_labels(raw: Iterable[dict], labels_by_key: dict[str, Any]) -> Iterator[dict]:
-    """Pass samples through, remembering each `.json` member's label (decode_samples keeps only node_id)."""
-    for sample in raw:
-        try:
-            labels_by_key[sample["__key__"]] = json.loads(sample["json"]).get("label")
-        except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
-            pass  # decode_samples counts the bad or missing JSON
-        yield sample
+        if node_id is None or _is_selected(node_id, wanted, skip_ids):
+            yield sample
 
 
 def _valid_label(value: Any, n_classes: int) -> Optional[int]:
@@ -116,8 +104,7 @@ def encode_shards(run: LoadedRun, shards: list[str], n_classes: int, batch_size:
     Bad samples are counted in `skipped` by reason (trainer.data's reasons, plus `bad_label` and
     `duplicate_node` for a product met a second time); ids in `skip_ids` are silently passed over.
     """
-    labels_by_key: dict[str, Any] = {}
-    raw = _record_labels(_select(tar_samples(shards, skipped), wanted, set(skip_ids)), labels_by_key)
+    raw = _select(tar_samples(shards, skipped), wanted, skip_ids)
     node_ids: list[int] = []
     labels: list[int] = []
     captions: list[str] = []
@@ -135,12 +122,12 @@ def encode_shards(run: LoadedRun, shards: list[str], n_classes: int, batch_size:
 
     for sample in decode_samples(raw, skipped):
         node_id = sample["node_id"]
-        if node_id in skip_ids or (wanted is not None and node_id not in wanted):
+        if not _is_selected(node_id, wanted, skip_ids):  # a key that does not name its product passed _select
             continue
         if node_id in seen:
             skipped["duplicate_node"] += 1
             continue
-        label = _valid_label(labels_by_key.pop(sample["key"], None), n_classes)
+        label = _valid_label(sample["meta"].get("label"), n_classes)
         if label is None:
             skipped["bad_label"] += 1
             continue
@@ -172,32 +159,6 @@ def zeroshot_weights(run: LoadedRun, classnames: list[str], device: str) -> Tens
 
 # ---------------------------------------------------------------------------------------------
 # release metadata
-
-
-def read_classnames(release: Path) -> list[str]:
-    """Class names by id from labels.json; ids must be exactly 0..C-1."""
-    path = release / "labels.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{release} has no labels.json")
-    classes = json.loads(path.read_text()).get("classes", [])
-    by_id = {int(c["id"]): str(c["name"]) for c in classes}
-    if sorted(by_id) != list(range(len(classes))):
-        raise ValueError(f"{path}: class ids must be 0..{len(classes) - 1}, got {sorted(by_id)[:10]}")
-    return [by_id[i] for i in range(len(classes))]
-
-
-def read_node_table(release: Path) -> dict[str, np.ndarray]:
-    """node_id, label, split and whether the product has an image (image_status ok; all when absent)."""
-    path = release / "nodes.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{release} has no nodes.parquet")
-    names = set(pq.read_schema(path).names)
-    table = pq.read_table(path, columns=[c for c in ("node_id", "label", "split", "image_status") if c in names])
-    node_id = table.column("node_id").to_numpy()
-    has_image = (np.asarray(table.column("image_status").to_pylist(), dtype=object) == "ok"
-                 if "image_status" in names else np.ones(len(node_id), bool))
-    return {"node_id": node_id, "label": table.column("label").to_numpy(),
-            "split": np.asarray(table.column("split").to_pylist(), dtype=object), "has_image": has_image}
 
 
 def sample_fewshot_pool(nodes: dict[str, np.ndarray], exclude: np.ndarray, size: int, seed: int) -> set[int]:
@@ -299,22 +260,22 @@ def caption_positives(captions: list[str]) -> list[list[int]]:
 
 
 def score(image: Tensor, text: Tensor, labels: np.ndarray, captions: list[str], sets: EvalSets,
-          class_weights: Optional[Tensor], n_classes: int, args: argparse.Namespace) -> dict[str, float]:
+          class_weights: Optional[Tensor], n_classes: int, cfg: EvalConfig) -> dict[str, float]:
     """Every metric on one embedding table (encoder-only or refined); classification and LP when possible."""
     rows = torch.as_tensor(sets.eval_rows)
     eval_labels = torch.as_tensor(labels[sets.eval_rows])
     out = metrics.retrieval_metrics(image[rows], text[rows], caption_positives([captions[i] for i in sets.eval_rows]),
-                                    chunk_size=args.chunk_size)
+                                    chunk_size=cfg.chunk_size)
     if class_weights is not None and (eval_labels >= 0).any():
         out.update(metrics.zeroshot_metrics(image[rows], class_weights, eval_labels))
         if len(sets.fewshot_rows):
             few = torch.as_tensor(sets.fewshot_rows)
             out.update(metrics.fewshot_metrics(image[few], torch.as_tensor(labels[sets.fewshot_rows]), image[rows],
-                                               eval_labels, n_classes, seed=args.seed))
+                                               eval_labels, n_classes, seed=cfg.seed))
     if sets.lp_held_out.shape[1]:
         out.update(metrics.link_prediction_metrics(image, sets.lp_held_out, sets.lp_known,
                                                    candidates=torch.as_tensor(sets.lp_pool_rows),
-                                                   n_negatives=args.lp_negatives, seed=args.seed))
+                                                   n_negatives=cfg.lp_negatives, seed=cfg.seed))
     return out
 
 
@@ -323,31 +284,31 @@ def _rows_of(table_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.searchsorted(table_ids, ids)
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the whole protocol (see the module docstring) and return the flat result."""
-    release = Path(args.release)
-    run = load_run(Path(args.run), checkpoint=args.checkpoint, device=args.device)
-    classnames = read_classnames(release)
+    release = Release(cfg.release)
+    run = load_run(Path(cfg.run), checkpoint=cfg.checkpoint, device=cfg.device)
+    classnames = release.class_names()
     n_classes = len(classnames)
-    nodes = read_node_table(release)
+    nodes = release.nodes()
     skipped: Counter = Counter()
-    _log(f"encoding {args.split} split of {release} with {run.method} run {run.run_dir} (step {run.step})")
-    evaluated = encode_shards(run, resolve_shards(str(release), split=args.split), n_classes, args.batch_size,
-                              args.device, skipped, limit=args.max_samples)
+    _log(f"encoding {cfg.split} split of {release} with {run.method} run {run.run_dir} (step {run.step})")
+    evaluated = encode_shards(run, release.shards(cfg.split), n_classes, cfg.batch_size,
+                              cfg.device, skipped, limit=cfg.max_samples)
     if len(evaluated) == 0:
-        raise ValueError(f"no valid sample in the {args.split} split (skipped: {dict(skipped)})")
+        raise ValueError(f"no valid sample in the {cfg.split} split (skipped: {dict(skipped)})")
 
-    cfg = run.config
-    max_neighbors = args.max_neighbors or cfg.max_neighbors
-    full_graph = CSRGraph.from_parquet(release / "edges.parquet", kinds=cfg.edge_kinds)
+    train_cfg = run.config
+    max_neighbors = cfg.max_neighbors or train_cfg.max_neighbors
+    full_graph = CSRGraph.from_table(release.edges(kinds=train_cfg.edge_kinds))
     size = max(full_graph.num_nodes, int(nodes["node_id"].max()) + 1, int(evaluated.node_ids.max()) + 1)
     linkable = np.zeros(size, bool)
     linkable[nodes["node_id"][nodes["has_image"]]] = True
     linkable[evaluated.node_ids] = True
-    held_out = choose_held_out_edges(full_graph, evaluated.node_ids, linkable, args.seed)
+    held_out = choose_held_out_edges(full_graph, evaluated.node_ids, linkable, cfg.seed)
     refine_graph = without_edges(full_graph, held_out, max_neighbors)
 
-    fewshot_ids = (sample_fewshot_pool(nodes, evaluated.node_ids, args.fewshot_pool, args.seed)
+    fewshot_ids = (sample_fewshot_pool(nodes, evaluated.node_ids, cfg.fewshot_pool, cfg.seed)
                    if n_classes else set())
     centres = set(evaluated.node_ids.tolist()) | fewshot_ids | set(held_out.ravel().tolist())
     wanted = set(centres)
@@ -355,8 +316,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         wanted |= picked_neighbours(refine_graph, centres, linkable, max_neighbors)
     wanted -= set(evaluated.node_ids.tolist())
     _log(f"encoding {len(wanted)} few-shot / link-prediction / neighbour products from all splits")
-    context = encode_shards(run, [s for split in ALL_SPLITS for s in _split_shards(release, split)], n_classes,
-                            args.batch_size, args.device, skipped, wanted=wanted,
+    context = encode_shards(run, release.all_shards(), n_classes,
+                            cfg.batch_size, cfg.device, skipped, wanted=wanted,
                             skip_ids=frozenset(evaluated.node_ids.tolist()))
     encoded = evaluated.concat(context)
     order = np.argsort(encoded.node_ids)
@@ -374,32 +335,28 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     lp_pool_rows=_rows_of(ids, lp_pool),
                     lp_held_out=torch.as_tensor(_rows_of(ids, found_held).T.reshape(2, -1)),
                     lp_known=known)
-    class_weights = zeroshot_weights(run, classnames, args.device) if n_classes else None
+    class_weights = zeroshot_weights(run, classnames, cfg.device) if n_classes else None
 
-    result: dict[str, Any] = {"method": run.method, "split": args.split, "step": run.step,
+    result: dict[str, Any] = {"method": run.method, "split": cfg.split, "step": run.step,
                               "n_samples": len(evaluated), "skipped": sum(skipped.values()),
                               **{f"skipped_{reason}": n for reason, n in sorted(skipped.items())},
                               "lp_held_out_edges": int(found_held.shape[0]),
                               "fewshot_pool": len(sets.fewshot_rows)}
     _log("scoring encoder-only embeddings")
-    result.update(score(image, text, labels, captions, sets, class_weights, n_classes, args))
+    result.update(score(image, text, labels, captions, sets, class_weights, n_classes, cfg))
     if run.model.has_graph:
         edge_index, edge_weight = refine_graph.batch_edge_index(torch.as_tensor(ids))
         targets = torch.as_tensor(_rows_of(ids, np.asarray(sorted(centres & present), np.int64)))
         refined_image, refined_text = image.clone(), text.clone()
         for modality, table in (("image", refined_image), ("text", refined_text)):
-            table[targets] = refine(run, table, edge_index, edge_weight, modality, targets, cfg.gat_layers,
-                                    args.graph_chunk, args.device)
+            table[targets] = refine(run, table, edge_index, edge_weight, modality, targets, train_cfg.gat_layers,
+                                    cfg.graph_chunk, cfg.device)
         _log(f"scoring graph-aware embeddings ({len(ids)} products, {edge_index.shape[1]} directed edges)")
-        graph_scores = score(refined_image, refined_text, labels, captions, sets, class_weights, n_classes, args)
+        graph_scores = score(refined_image, refined_text, labels, captions, sets, class_weights, n_classes, cfg)
         result.update({f"{GRAPH_PREFIX}{k}": v for k, v in graph_scores.items()})
         result[f"{GRAPH_PREFIX}context_products"] = len(ids)
         result[f"{GRAPH_PREFIX}max_neighbors"] = max_neighbors
     return result
-
-
-def _split_shards(release: Path, split: str) -> list[str]:
-    return sorted(str(p) for p in (release / "shards").glob(f"{split}-*.tar"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,53 +392,21 @@ def _log(message: str) -> None:
     print(f"slip-eval: {message}", file=sys.stderr, flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="slip-eval", description="Evaluate a slip-train run on a release split (retrieval, zero-shot, "
-        "few-shot, link prediction; SLIP runs also graph-aware). `slip-eval compare RUN...` puts runs side by "
-        "side (see `slip-eval compare --help`).")
-    parser.add_argument("run", type=Path, help="Run folder written by slip-train.")
-    parser.add_argument("--release", type=Path, required=True, help="Release folder (shards/, edges.parquet, ...).")
-    parser.add_argument("--split", default="test", help="Split to evaluate (default: test).")
-    parser.add_argument("--json", type=Path, default=None, help="Output JSON (default: RUN/eval-SPLIT.json).")
-    parser.add_argument("--md", type=Path, default=None, help="Markdown table (default: the JSON path with .md).")
-    parser.add_argument("--batch-size", type=int, default=64, help="Encoding batch size.")
-    parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1, ...).")
-    parser.add_argument("--checkpoint", default="latest", help="'latest', a step number or a checkpoint path.")
-    parser.add_argument("--max-samples", type=int, default=None, help="Evaluate at most this many samples.")
-    parser.add_argument("--max-neighbors", type=int, default=None,
-                        help="Neighbours each product picks for graph-aware refinement (default: the run's).")
-    parser.add_argument("--fewshot-pool", type=int, default=1000, help="Train-split products for few-shot probes.")
-    parser.add_argument("--lp-negatives", type=int, default=100, help="Sampled negatives per link-prediction query.")
-    parser.add_argument("--seed", type=int, default=0, help="Seeds held-out edges, negatives, few-shot draws.")
-    parser.add_argument("--chunk-size", type=int, default=512, help="Retrieval queries scored at once.")
-    parser.add_argument("--graph-chunk", type=int, default=256, help="Products refined per GAT subgraph.")
-    return parser
+def write_reports(cfg: EvalConfig, result: dict[str, Any]) -> Path:
+    """Write the result JSON and its Markdown table where `cfg` says; return the JSON's path."""
+    json_path, md_path = cfg.json_path(), cfg.md_path()
+    atomic_write_json(json_path, json_safe(result))
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(markdown_report(result, cfg.run, cfg.release))
+    _log(f"wrote {md_path}")
+    return json_path
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """`slip-eval RUN --release REL ...` or `slip-eval compare RUN... [--out DIR]`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    for name in ("batch_size", "fewshot_pool", "lp_negatives", "chunk_size", "graph_chunk", "max_samples",
-                 "max_neighbors"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"slip-eval: error: --{name.replace('_', '-')} must be >= 1")
-    try:
-        result = evaluate(args)
-    except (FileNotFoundError, TrainSetupError, ValueError) as exc:
-        print(f"slip-eval: error: {exc}", file=sys.stderr)
-        return 2
-    json_path = args.json or args.run / f"eval-{args.split}.json"
-    md_path = args.md or json_path.with_suffix(".md")
-    atomic_write_json(json_path, json_safe(result))
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(markdown_report(result, args.run, args.release))
-    _log(f"wrote {md_path}")
-    print(json_path)
-    return 0
+    """`slip-eval RUN --release REL ...` or `slip-eval compare RUN... [--out DIR]` (the CLI is trainer.cli's)."""
+    from trainer.cli import eval_main
+
+    return eval_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The training loop shared by --method slip and --method clip.
+"""The training loop every method shares; it knows methods only through trainer/methods' contract.
 
-One optimizer step = `accum` micro-batches. Each micro-batch: encoders -> (DDP: gather embeddings and node ids so
-the batch graph and the losses see the global batch) -> in-batch graph by CSR lookup -> GAT refinement -> losses.
+One optimizer step = `accum` micro-batches. Each micro-batch: (DDP: gather node ids) -> in-batch graph by CSR
+lookup -> encoders (DDP: gather embeddings, so the method's parts and losses see the global batch) -> the method's
+parts (SLIP: GAT refinement) -> the method's named loss terms -> weighted sum -> backward.
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig, TrainSetupError
 from trainer.data import StreamSpec, TrainBatches, resolve_shards
-from trainer.losses import clip_loss, slip_total, structural_loss
+from trainer.losses import weighted_sum
+from trainer.methods import BatchContext, get_method
 from trainer.model import (
-    SLIPModel,
+    ContrastiveModel,
     build_model,
     image_transforms,
     resolve_model_name,
@@ -150,10 +152,12 @@ class Trainer:
         shards = resolve_shards(cfg.release, cfg.shards, cfg.split)
         graph_path = cfg.graph_path()
         self.graph: Optional[CSRGraph] = None
-        if graph_path is not None and (cfg.method == "slip" or graph_path.is_file()):
+        if graph_path is not None and (get_method(cfg.method).needs_graph or graph_path.is_file()):
             self.graph = CSRGraph.from_parquet(graph_path, kinds=cfg.edge_kinds, max_neighbors=cfg.max_neighbors)
 
-        self.model: SLIPModel = build_model(cfg, self.device)
+        self.model: ContrastiveModel = build_model(cfg, self.device)
+        self.method = self.model.method
+        self.term_weights = self.method.term_weights()
         train_tf, val_tf = image_transforms(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -231,8 +235,7 @@ class Trainer:
         return nullcontext()
 
     def _micro_step(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Forward + backward of one micro-batch; returns its loss terms and graph stats."""
-        cfg = self.cfg
+        """Forward + backward of one micro-batch; returns its total, its loss terms and the batch-graph stats."""
         images = batch["images"].to(self.device, non_blocking=True)
         tokens = batch["tokens"].to(self.device, non_blocking=True)
         node_ids = batch["node_ids"].to(self.device)
@@ -241,23 +244,16 @@ class Trainer:
             node_ids, gather = all_gather_ids(node_ids), all_gather_with_grad
         stats: dict[str, float] = {}
         edge_index = edge_weight = None
-        if self.graph is not None:
+        if self.graph is not None:  # the method needs it, or the release has one: its stats are logged either way
             edge_index, edge_weight = self.graph.batch_edge_index(node_ids)
             stats = batch_graph_stats(node_ids, edge_index)
-        use_gat_weight = cfg.gat_edge_weight and edge_weight is not None
         with self._autocast():
-            out = self.forward(images, tokens, edge_index, edge_weight if use_gat_weight else None, gather)
-        loss_clip = clip_loss(out["image_emb"], out["text_emb"], out["logit_scale"], node_ids)
-        loss_struct = None
-        if self.model.has_graph:
-            loss_struct = structural_loss(
-                out["image_refined"], out["text_refined"], edge_index, out["struct_temperature"],
-                intra_modal=cfg.struct_intra_modal, edge_weight=edge_weight if cfg.struct_edge_weight else None,
-                no_neighbor=cfg.struct_no_neighbor)
-        loss = slip_total(loss_clip, loss_struct, cfg.lambda_struct)
-        self.scaler.scale(loss / cfg.accum).backward()
-        return {"loss": loss.item(), "loss_clip": loss_clip.item(), "node_ids": batch["node_ids"],
-                "loss_struct": None if loss_struct is None else loss_struct.item(), **stats}
+            out = self.forward(images, tokens, edge_index, edge_weight, gather)
+        terms = self.method.loss_terms(self.model, out, BatchContext(node_ids, edge_index, edge_weight))
+        loss = weighted_sum(terms, self.term_weights)
+        self.scaler.scale(loss / self.cfg.accum).backward()
+        return {"loss": loss.item(), "terms": {name: term.item() for name, term in terms.items()},
+                "node_ids": batch["node_ids"], **stats}
 
     def _optimizer_step(self) -> Optional[float]:
         grad_norm = None
@@ -306,7 +302,7 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 record = self._record(parts, lr, grad_norm, step_samples, data_time, batch_time)
                 self.logger.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if _is_loss_key(k) and v is not None})
             bar.update(1)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self._checkpoint()
@@ -319,7 +315,7 @@ class Trainer:
             "wall_time_s": time.perf_counter() - self.t_start,
             "samples_per_s": trained / train_s if train_s > 0 else None,
             "skipped": self.data.skipped(), "skipped_total": sum(self.data.skipped().values()),
-            "final": {k: record.get(k) for k in ("loss", "loss_clip", "loss_struct")},
+            "final": {k: v for k, v in record.items() if _is_loss_key(k)},
             "device": str(self.device), "precision": self.precision, "world_size": self.world,
             "workers": self.data.workers, "resumed_from": self.resumed_from}
         if self.is_main:
@@ -331,24 +327,28 @@ class Trainer:
     def _record(self, parts: list[dict[str, Any]], lr: float, grad_norm: Optional[float], step_samples: int,
                 data_time: float, batch_time: float) -> dict[str, Any]:
         def mean(key: str) -> Optional[float]:
-            values = [p[key] for p in parts if p.get(key) is not None]
-            return sum(values) / len(values) if values else None
+            return _mean([p[key] for p in parts if p.get(key) is not None])
 
-        temperature = self.model.struct_temperature()
+        term_names = list(dict.fromkeys(name for p in parts for name in p["terms"]))
+        terms = {f"loss_{name}": _mean([p["terms"][name] for p in parts if name in p["terms"]])
+                 for name in term_names}
         skipped = self.data.skipped()
-        record = {
-            "step": self.step, "samples": self.samples_seen, "loss": mean("loss"), "loss_clip": mean("loss_clip"),
-            "loss_struct": mean("loss_struct"), "lr": lr, "grad_norm": grad_norm,
-            "logit_scale": self.model.logit_scale.exp().item(),
-            "struct_temperature": None if temperature is None else temperature.item(),
+        return {
+            "step": self.step, "samples": self.samples_seen, "loss": mean("loss"), **terms, "lr": lr,
+            "grad_norm": grad_norm, **self.model.log_scalars(),
             "samples_per_s": step_samples / batch_time, "data_time": data_time, "batch_time": batch_time,
             "neighbor_frac": mean("neighbor_frac"), "edges_per_sample": mean("edges_per_sample"),
             "duplicate_frac": mean("duplicate_frac"), "skipped": skipped, "skipped_total": sum(skipped.values()),
             "data_digest": data_digest([p["node_ids"] for p in parts])}
-        if self.model.has_graph:
-            record["alpha_image"] = self.model.gat_image.alpha.item()
-            record["alpha_text"] = self.model.gat_text.alpha.item()
-        return record
+
+
+def _is_loss_key(key: str) -> bool:
+    """`loss` (the total) and `loss_<term>` (each of the method's terms, unweighted)."""
+    return key == "loss" or key.startswith("loss_")
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
 
 
 def data_digest(node_ids: list[Tensor]) -> str:

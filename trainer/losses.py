@@ -1,6 +1,7 @@
-"""CLIP's symmetric InfoNCE and SLIP's structural (multi-positive) contrastive loss.
+"""CLIP's symmetric InfoNCE, SLIP's structural (multi-positive) contrastive loss, and the weighted sum of named
+terms the loop trains on.
 
-Both are computed in fp32 on L2-normalised embeddings.
+The losses are computed in fp32 on L2-normalised embeddings.
 """
 from __future__ import annotations
 
@@ -92,6 +93,18 @@ def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: T
     return loss
 
 
-def slip_total(clip_term: Tensor, struct_term: Optional[Tensor], lambda_struct: float) -> Tensor:
-    """Total = CLIP + lambda * structural (CLIP alone for method clip)."""
-    return clip_term if struct_term is None else clip_term + lambda_struct * struct_term
+def weighted_sum(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """Total loss = sum of the named terms, each times its declared weight (1 when not declared).
+
+    Methods return named terms (as open_clip's losses do); the loop sums them here, so no method edits the loop.
+    """
+    if not terms:
+        raise ValueError("a method returned no loss term")
+    unknown = set(weights) - set(terms)
+    if unknown:
+        raise ValueError(f"weights for terms {sorted(unknown)} the method did not return (terms: {sorted(terms)})")
+    total: Optional[Tensor] = None
+    for name, term in terms.items():
+        weighted = weights.get(name, 1.0) * term
+        total = weighted if total is None else total + weighted
+    return total

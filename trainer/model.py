@@ -1,7 +1,7 @@
-"""`SLIPModel`: an open_clip CLIP plus per-modality GAT refiners over the in-batch product graph.
+"""`ContrastiveModel`: an open_clip CLIP plus the parts the run's training method adds (trainer/methods).
 
-The encoders stay plain open_clip towers (so the exported state dict is a normal open_clip checkpoint); the GATs
-only refine the L2-normalised embeddings: h = normalize(e + alpha * GAT(e)).
+The encoders stay plain open_clip towers (so the exported state dict is a normal open_clip checkpoint); a method's
+parts (SLIP: GAT refiners over the in-batch product graph) act on the L2-normalised embeddings.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from open_clip.factory import get_model_config, parse_model_name
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv, GATv2Conv
 
 from trainer.config import TrainConfig, TrainSetupError
+from trainer.methods import Method, get_method
 
 PACKAGE_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -67,81 +67,41 @@ def model_config_of(model_name: str) -> dict:
     return cfg
 
 
-class GraphRefiner(nn.Module):
-    """GAT stack with residual fusion: h = normalize(e + alpha * GAT(e)).
-
-    Self loops are added inside the convolutions, so a sample without in-batch neighbours is still refined (from
-    itself only) and refined embeddings are comparable across samples with and without neighbours.
-    """
-
-    def __init__(self, dim: int, cfg: TrainConfig):
-        super().__init__()
-        hidden = cfg.gat_hidden or dim
-        if dim % cfg.gat_heads or hidden % cfg.gat_heads:
-            raise TrainSetupError(f"embedding dim {dim} and gat_hidden {hidden} must be divisible by gat_heads "
-                                  f"{cfg.gat_heads}")
-        conv_cls = GATv2Conv if cfg.gat_type == "gatv2" else GATConv
-        widths = [dim] + [hidden] * (cfg.gat_layers - 1) + [dim]
-        self.use_edge_weight = cfg.gat_edge_weight
-        self.convs = nn.ModuleList(
-            conv_cls(w_in, w_out // cfg.gat_heads, heads=cfg.gat_heads, concat=True, dropout=cfg.gat_attn_dropout,
-                     add_self_loops=True, edge_dim=1 if cfg.gat_edge_weight else None)
-            for w_in, w_out in zip(widths[:-1], widths[1:]))
-        self.dropout = nn.Dropout(cfg.gat_dropout)
-        alpha = torch.tensor(float(cfg.fusion_alpha_init))
-        if cfg.fusion_alpha_learnable:
-            self.alpha = nn.Parameter(alpha)
-        else:
-            self.register_buffer("alpha", alpha)
-
-    def forward(self, emb: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
-        edge_attr = None
-        if self.use_edge_weight:
-            if edge_weight is None:
-                edge_weight = torch.ones(edge_index.shape[1], device=emb.device)
-            edge_attr = edge_weight.to(emb.dtype).view(-1, 1)
-        h = emb
-        for i, conv in enumerate(self.convs):
-            if i > 0:
-                h = self.dropout(F.elu(h))
-            h = conv(h, edge_index, edge_attr=edge_attr)
-        return F.normalize(emb + self.alpha * h, dim=-1)
-
-
-class SLIPModel(nn.Module):
-    """open_clip CLIP (`.clip`) + `gat_image` / `gat_text` refiners (None for --method clip)."""
+class ContrastiveModel(nn.Module):
+    """open_clip CLIP (`.clip`) + the parts the run's method adds, registered under the method's own names (SLIP:
+    `gat_image`, `gat_text`, `struct_log_inv_temperature`), so their state-dict keys are the method's to keep."""
 
     def __init__(self, clip: nn.Module, embed_dim: int, cfg: TrainConfig):
         super().__init__()
         self.clip = clip
-        self.method = cfg.method
         self.embed_dim = embed_dim
-        self.struct_temperature_min = cfg.struct_temperature_min
-        if cfg.method == "slip":
-            self.gat_image: Optional[GraphRefiner] = GraphRefiner(embed_dim, cfg)
-            self.gat_text: Optional[GraphRefiner] = GraphRefiner(embed_dim, cfg)
-            log_inv_t = torch.tensor(math.log(1.0 / cfg.struct_temperature_init))
-            if cfg.struct_temperature_learnable:
-                self.struct_log_inv_temperature = nn.Parameter(log_inv_t)
+        self.method: Method = get_method(cfg.method)(cfg)
+        parts = self.method.build(embed_dim)
+        for name, part in parts.items():
+            if hasattr(self, name):
+                raise TypeError(f"method {cfg.method!r} part {name!r} clashes with a model attribute")
+            if isinstance(part, nn.Parameter):
+                self.register_parameter(name, part)
+            elif isinstance(part, nn.Module):
+                self.add_module(name, part)
             else:
-                self.register_buffer("struct_log_inv_temperature", log_inv_t)
-        else:
-            self.gat_image = None
-            self.gat_text = None
+                self.register_buffer(name, part)
+        self.method_parts: tuple[str, ...] = tuple(parts)
 
     @property
     def has_graph(self) -> bool:
-        return self.gat_image is not None
+        """Whether the method refines embeddings over the graph (evaluation then scores both)."""
+        return self.method.refines_embeddings
+
+    @property
+    def no_decay_markers(self) -> tuple[str, ...]:
+        """Parameter-name markers of the method's parts that AdamW must not decay."""
+        return self.method.no_decay
 
     @property
     def logit_scale(self) -> Tensor:
         """CLIP's logit scale parameter (log space, as in open_clip)."""
         return self.clip.logit_scale
-
-    def struct_temperature(self) -> Optional[Tensor]:
-        if not self.has_graph:
-            return None
-        return torch.exp(-self.struct_log_inv_temperature)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """L2-normalised image-encoder embeddings (no graph)."""
@@ -153,44 +113,37 @@ class SLIPModel(nn.Module):
 
     def graph_refine(self, emb: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None,
                      modality: str = "image") -> Tensor:
-        """Refine normalised embeddings [N, D] over `edge_index` (PyG convention); identity for method clip.
-
-        Runs in fp32 outside autocast: the GAT is small and its scatter-softmax is the part that suffers in bf16.
-        """
+        """Refine normalised embeddings [N, D] over `edge_index` (PyG convention); identity for a method without
+        graph refinement."""
         if modality not in ("image", "text"):
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
         if not self.has_graph:
             return emb
-        refiner = self.gat_image if modality == "image" else self.gat_text
-        with torch.autocast(emb.device.type, enabled=False):
-            weight = edge_weight.float() if edge_weight is not None else None
-            return refiner(emb.float(), edge_index, weight)
+        return self.method.graph_refine(self, emb, edge_index, edge_weight, modality)
 
     def forward(self, images: Tensor, tokens: Tensor, edge_index: Optional[Tensor] = None,
                 edge_weight: Optional[Tensor] = None,
-                gather: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, Optional[Tensor]]:
-        """Everything the losses need. `gather` (DDP) maps local embeddings to the global batch before the GATs,
-        so `edge_index` must index the global batch."""
+                gather: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, Tensor]:
+        """Encoder outputs (image_emb, text_emb, logit_scale) plus what the method's forward adds. `gather` (DDP)
+        maps local embeddings to the global batch before the method's parts, so `edge_index` must index the
+        global batch."""
         image_emb = self.encode_image(images)
         text_emb = self.encode_text(tokens)
         if gather is not None:
             image_emb, text_emb = gather(image_emb), gather(text_emb)
-        out: dict[str, Optional[Tensor]] = {
-            "image_emb": image_emb, "text_emb": text_emb, "logit_scale": self.clip.logit_scale.exp(),
-            "image_refined": None, "text_refined": None, "struct_temperature": self.struct_temperature()}
-        if self.has_graph:
-            if edge_index is None:
-                raise ValueError("method slip needs the batch edge_index")
-            out["image_refined"] = self.graph_refine(image_emb, edge_index, edge_weight, "image")
-            out["text_refined"] = self.graph_refine(text_emb, edge_index, edge_weight, "text")
+        out = {"image_emb": image_emb, "text_emb": text_emb, "logit_scale": self.clip.logit_scale.exp()}
+        out.update(self.method.forward(self, out, edge_index, edge_weight))
         return out
 
     @torch.no_grad()
     def clamp_scales_(self) -> None:
-        """Keep CLIP's logit scale <= 100 (as open_clip) and the structural temperature >= its floor."""
+        """After each optimizer step: CLIP's logit scale <= 100 (as open_clip), then the method's own clamps."""
         self.clip.logit_scale.clamp_(0, math.log(100))
-        if self.has_graph:
-            self.struct_log_inv_temperature.clamp_(max=math.log(1.0 / self.struct_temperature_min))
+        self.method.clamp_(self)
+
+    def log_scalars(self) -> dict[str, float]:
+        """Scalars logged each logged step: CLIP's logit scale and the method's own."""
+        return {"logit_scale": self.clip.logit_scale.exp().item(), **self.method.log_scalars(self)}
 
 
 def create_clip(model_name: str, pretrained: Optional[str], device: torch.device | str) -> nn.Module:
@@ -204,8 +157,8 @@ def create_clip(model_name: str, pretrained: Optional[str], device: torch.device
 
 
 def build_model(cfg: TrainConfig, device: torch.device | str = "cpu", load_pretrained: bool = True,
-                model_name: Optional[str] = None) -> SLIPModel:
-    """SLIPModel for `cfg` (the CLIP part created first, so its init is identical for slip and clip runs).
+                model_name: Optional[str] = None) -> ContrastiveModel:
+    """ContrastiveModel for `cfg` (the CLIP part created first, so its init is identical for every method).
 
     `model_name` overrides cfg.model (load_run passes the run's own `local-dir:` config).
     """
@@ -220,10 +173,10 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu", load_pretr
     if cfg.grad_checkpointing:
         clip.set_grad_checkpointing(True)
     embed_dim = int(model_config_of(model_name)["embed_dim"])
-    return SLIPModel(clip, embed_dim, cfg).to(device)
+    return ContrastiveModel(clip, embed_dim, cfg).to(device)
 
 
-def image_transforms(model: SLIPModel) -> tuple[Callable, Callable]:
+def image_transforms(model: ContrastiveModel) -> tuple[Callable, Callable]:
     """(train, val) open_clip image transforms matching the model's preprocess config."""
     pp_cfg = PreprocessCfg(**model.clip.visual.preprocess_cfg)
     return image_transform_v2(pp_cfg, is_train=True), image_transform_v2(pp_cfg, is_train=False)

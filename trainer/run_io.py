@@ -13,18 +13,17 @@ RUN layout:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from torch import Tensor
 
+from slipio import atomic
 from trainer.checkpoint import load_checkpoint, resolve_checkpoint
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, config_class
 from trainer.model import (
-    SLIPModel,
+    ContrastiveModel,
     build_model,
     image_transforms,
     model_config_of,
@@ -40,7 +39,7 @@ TB_DIR = "tb"
 
 @dataclass
 class LoadedRun:
-    model: SLIPModel  # eval mode, on `device`
+    model: ContrastiveModel  # eval mode, on `device`
     preprocess: Callable  # PIL image -> Tensor[3, H, W] (open_clip val transform)
     tokenizer: Callable[[list[str]], Tensor]  # -> LongTensor[N, context_length]
     config: TrainConfig
@@ -51,16 +50,11 @@ class LoadedRun:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """A run folder's JSON files (config, summary, eval results): sorted keys, written atomically (slipio)."""
+    atomic.write_json(Path(path), obj, sort_keys=True)
 
 
-def write_run_config(run_dir: Path, cfg: TrainConfig, model_name: str, model: SLIPModel) -> None:
+def write_run_config(run_dir: Path, cfg: TrainConfig, model_name: str, model: ContrastiveModel) -> None:
     """config.json + open_clip_config.json at the start of a run."""
     atomic_write_json(Path(run_dir) / CONFIG_FILE, cfg.model_dump(mode="json"))
     atomic_write_json(Path(run_dir) / OPEN_CLIP_CONFIG_FILE, {
@@ -72,7 +66,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {CONFIG_FILE} missing")
-    return TrainConfig(**json.loads(path.read_text()))
+    return config_class()(**json.loads(path.read_text()))  # a plug-in registered after import reads too
 
 
 def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "cpu") -> LoadedRun:
@@ -105,8 +99,4 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
 def truncate_log(run_dir: Path, last_step: int) -> None:
     """Drop log lines after `last_step` (a killed run may have logged past its last checkpoint)."""
     kept = [line for line in read_log(run_dir) if line["step"] <= last_step]
-    path = Path(run_dir) / LOG_FILE
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{LOG_FILE}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in kept)
-    os.replace(tmp, path)
+    atomic.write_text(Path(run_dir) / LOG_FILE, "".join(json.dumps(line) + "\n" for line in kept))

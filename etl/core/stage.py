@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from etl.config import PipelineConfig
 from slipio import atomic
+from slipio.hashing import file_sha256
 
 log = logging.getLogger("slip_etl")
 
@@ -120,8 +121,11 @@ class StageContext:
 
 @dataclass(frozen=True)
 class StageSpec:
+    """A registered stage. `code_version` is the stage's VERSION, or a function returning it (the registry reads it
+    from the stage's module only when asked, so listing stages imports none of them)."""
+
     name: str
-    version: str
+    code_version: str | Callable[[], str]
     run: Callable[[StageContext], StageResult]
     needs: tuple[str, ...] = ()
     config_sections: tuple[str, ...] = ()
@@ -130,6 +134,14 @@ class StageSpec:
     # `--force` re-runs the stage over its kept partial state instead of wiping it (images: retry only what is
     # missing or failed with a retriable status, never re-download what succeeded).
     force_resumes: bool = False
+
+    @property
+    def version(self) -> str:
+        """The stage code's VERSION: part of the fingerprint, the record and the manifest's `stage_versions`."""
+        version = self.code_version() if callable(self.code_version) else self.code_version
+        if not isinstance(version, str) or not version:
+            raise StageError(f"stage {self.name}: VERSION must be a non-empty string, got {version!r}")
+        return version
 
 
 def record_path(opts: RunOptions, stage: str) -> Path:
@@ -188,24 +200,6 @@ def describe_output(root: Path, path: Path,
                 "files": len(files)}
     digest, size = file_sha256(path)
     return {"path": path.relative_to(root).as_posix(), "bytes": size, "sha256": digest}
-
-
-def read_parquet_columns(path: Path, columns: list[str]) -> Any:
-    """A pyarrow Table of `columns` (ParquetFile, not read_table: its dataset layer costs ~0.3 s of imports)."""
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path) as parquet:
-        return parquet.read(columns=columns)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
 
 
 def outputs_intact(root: Path, record: dict[str, Any]) -> bool:

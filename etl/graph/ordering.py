@@ -9,10 +9,11 @@ every batch still mixes categories.
 The partition is a randomised parallel contraction (the "random mate" coarsening used by parallel METIS): every
 round each cluster flips a coin; tails clusters propose to their heaviest heads neighbour, heads clusters accept
 proposals best first while they stay within the size cap. A round is a few vectorised numpy passes over the live
-edges, and edges that became internal or can never merge again (the cap) are dropped for good, so 1.6M nodes and
-tens of millions of edges take seconds. Leftover small clusters (isolated nodes, leaves of full clusters) are
-packed into bins in the order of their anchor (the cluster they are most connected to), so 2-hop neighbours share
-a bin, and a bin is written right after its anchor (a hub's full cluster, then the bin of its remaining leaves).
+edges, and edges that became internal or can never merge again (the cap) are dropped for good, so millions of nodes
+and tens of millions of edges are ordered quickly (timings: bench/README.md). Leftover small clusters (isolated
+nodes, leaves of full clusters) are packed into bins in the order of their anchor (the cluster they are most
+connected to), so 2-hop neighbours share a bin, and a bin is written right after its anchor (a hub's full
+cluster, then the bin of its remaining leaves).
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ import numpy as np
 
 MAX_ROUNDS = 48
 NO_CLUSTER = -1  # the cluster id written for samples of the random baseline order
+# The trainer's default sample shuffle buffer (trainer/config.py `shuffle_buffer`; etl does not import the trainer,
+# tests/test_ordering.py checks that the two agree).
+TRAINER_SHUFFLE_BUFFER = 256
 
 
 @dataclass(frozen=True)
@@ -220,38 +224,32 @@ def _interleave_clusters(cluster: np.ndarray, follows: np.ndarray, labels: np.nd
     return rank
 
 
-def shuffle_buffer_permutation(n: int, bufsize: int, *, seed: int = 0, initial: int = 100) -> np.ndarray:
-    """The order in which webdataset's `shuffle(bufsize, initial)` emits a stream of n samples (same algorithm)."""
+def reservoir_shuffle_permutation(n: int, size: int, *, seed: int | str = 0) -> np.ndarray:
+    """The order in which the trainer's sample shuffle emits a stream of n samples, drawing from
+    `random.Random(seed)`: the same algorithm as trainer/data.py `shuffle_buffer` (fill `size` samples, then emit a
+    random buffered one per incoming sample, which takes its place; shuffle and drain the rest at the end), so
+    statistics computed through it describe the batches training sees (tests/test_ordering.py checks both agree)."""
+    if size <= 1:
+        return np.arange(n, dtype=np.int64)
     rng = random.Random(seed)
-    initial = min(initial, bufsize)
+    buffer: list[int] = []
     out: list[int] = []
-    buf: list[int] = []
-    stream = iter(range(n))
-    for item in stream:
-        buf.append(item)
-        if len(buf) < bufsize:
-            nxt = next(stream, None)
-            if nxt is not None:
-                buf.append(nxt)
-        if len(buf) >= initial:
-            out.append(_pick(buf, rng))
-    while buf:
-        out.append(_pick(buf, rng))
+    for item in range(n):
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(len(buffer))
+        buffer[i], item = item, buffer[i]
+        out.append(item)
+    rng.shuffle(buffer)
+    out.extend(buffer)
     return np.asarray(out, dtype=np.int64)
-
-
-def _pick(buf: list[int], rng: random.Random) -> int:
-    k = rng.randint(0, len(buf) - 1)
-    item = buf[k]
-    buf[k] = buf[-1]
-    buf.pop()
-    return item
 
 
 def in_batch_stats(order: np.ndarray, edges: tuple[np.ndarray, np.ndarray], batch_size: int,
                    shuffle_buffer: int = 0, *, labels: np.ndarray | None = None,
                    seed: int = 0) -> dict[str, float | None]:
-    """What batches cut from `order` (after an optional webdataset-style shuffle buffer) contain.
+    """What batches cut from `order` (after an optional shuffle buffer, the trainer's algorithm) contain.
 
     frac_with_neighbor: share of samples with >= 1 graph neighbour in their batch; edges_per_batch: edges with both
     ends in the same batch, per batch; labels_per_batch: distinct labels >= 0 per batch (`labels` aligned with
@@ -264,7 +262,7 @@ def in_batch_stats(order: np.ndarray, edges: tuple[np.ndarray, np.ndarray], batc
     if n == 0:
         return {"frac_with_neighbor": 0.0, "edges_per_batch": 0.0, "labels_per_batch": None}
     if shuffle_buffer > 1:
-        perm = shuffle_buffer_permutation(n, shuffle_buffer, seed=seed)
+        perm = reservoir_shuffle_permutation(n, shuffle_buffer, seed=seed)
         order = order[perm]
         labels = None if labels is None else np.asarray(labels)[perm]
     src = np.asarray(edges[0], dtype=np.int64)

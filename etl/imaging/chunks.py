@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import schemas
-from etl.core.stage import StageError, read_parquet_columns
+from etl.core.stage import StageError
+from etl.parse.parquet import read_parquet_columns
 from slipio import atomic
 
 CHUNK_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
@@ -70,12 +71,6 @@ def iter_ok_chunks(chunks_dir: Path) -> Iterator[tuple[np.ndarray, pa.Array]]:
         keep = ok & (latest[chunk_ids] == index) & _last_of_each(chunk_ids)
         if keep.any():
             yield chunk_ids[keep], table.column("jpeg").combine_chunks().filter(pa.array(keep))
-
-
-def iter_ok_images(chunks_dir: Path) -> Iterator[tuple[int, bytes | None]]:
-    """(node_id, jpeg) per node whose latest result is ok: `iter_ok_chunks` row by row, for inspection."""
-    for node_ids, jpegs in iter_ok_chunks(chunks_dir):
-        yield from zip(node_ids.tolist(), jpegs.to_pylist(), strict=True)
 
 
 def _last_of_each(ids: np.ndarray) -> np.ndarray:

@@ -11,11 +11,11 @@ Choices, and why:
   (size, colour space; EXIF is parsed only when an Exif segment is there) and decodes straight to the smallest
   size in eighths of the original (1/8 .. 8/8, scaled in the DCT domain) whose sides stay >= the target, so an
   800x800 source costs a 300x300 decode; OpenCV resizes the remaining factor (area averaging, or bilinear when the
-  factor is <= 1.25, where the two differ by < 1.5 dB) and encodes. Measured on 800x800 JPEGs: 2.0 ms per image
-  against 3.4 ms for PIL's draft mode (1/2 scale only) + bicubic + PIL encode. Quality against a full-resolution
-  Lanczos reference (`bench/image_quality.py`): the same PSNR as img2dataset's full decode + area resize on
-  photo-like images; 1-2 dB below it on a zone plate and small text; far below on 3-px stripes, where DCT-domain
-  scaling aliases (as PIL's draft mode does). A JPEG the fast decoder refuses (CMYK, a broken stream) goes the
+  factor is <= 1.25, where the two barely differ) and encodes, cheaper than PIL's draft mode (1/2 scale only) +
+  bicubic + PIL encode. Quality against a full-resolution Lanczos reference (`bench/image_quality.py`; figures in
+  bench/README.md): as good as img2dataset's full decode + area resize on photo-like images, a little below it on
+  a zone plate and small text, far below on 3-px stripes, where DCT-domain scaling aliases (as PIL's draft mode
+  does). A JPEG the fast decoder refuses (CMYK, a broken stream) goes the
   general way.
 - Everything else (PNG, WebP, GIF, ... and those JPEGs) is decoded by PIL at full size and resized with area
   averaging.
@@ -63,7 +63,7 @@ _ORIENT_ARRAY = {
     7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: a.transpose(1, 0, 2)[::-1],
 }
 _BACKGROUND = (255, 255, 255)
-BILINEAR_MAX_FACTOR = 1.25  # below this downscale factor bilinear is as good as area averaging, and 6x cheaper
+BILINEAR_MAX_FACTOR = 1.25  # below this downscale factor bilinear is as good as area averaging, and cheaper
 # What a malformed file can make PIL raise while parsing or decoding.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, KeyError, IndexError, ZeroDivisionError,
                   struct.error)
@@ -141,7 +141,8 @@ def _convert(data: bytes, shorter_side: int, mode: ResizeMode, quality: int, max
 def _fast_jpeg(data: bytes, shorter_side: int, max_pixels: int) -> tuple[np.ndarray, int, int, int] | None:
     """(BGR pixels at the smallest eighth-scale keeping both sides >= the target, width, height, EXIF orientation)
     of a JPEG libjpeg-turbo decodes; None for anything else (CMYK/YCCK, a broken stream, not a JPEG), which PIL
-    then decodes or names the problem of. PIL is not involved here: opening the file with it cost ~0.3 ms/image."""
+    then decodes or names the problem of. PIL is not involved here: opening the file with it costs more than this
+    whole decode."""
     if not data.startswith(JPEG_START):
         return None
     try:

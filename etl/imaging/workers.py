@@ -3,7 +3,7 @@
 Each worker is a plain child process, `python -m etl.imaging.workers OPTIONS_JSON`, talking over its stdin/stdout: the
 event loop writes each raw body with a length prefix (nothing pickled on the way in) and reads back the pickled
 answer. Compared with `multiprocessing`/`ProcessPoolExecutor`:
-- start-up is a bare interpreter importing only this module and PIL (~0.15 s), not a re-import of the
+- start-up is a bare interpreter importing only this module and PIL, not a re-import of the
   crawler's `__main__` (the whole CLI) in every worker;
 - the crawler's process stays single-threaded apart from asyncio's child watcher: no manager or queue-feeder
   thread competing with the event loop for the GIL; the pipes give back-pressure;

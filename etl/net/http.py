@@ -174,7 +174,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
-    """One verifying context for every client (loading the CA bundle costs ~30 ms each time)."""
+    """One verifying context for every client (loading the CA bundle is slow, so it is done once)."""
     return httpx.create_ssl_context()
 
 

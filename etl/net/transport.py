@@ -1,9 +1,9 @@
 """The image crawler's httpx transport: HTTP/1.1 keep-alive over asyncio protocols, every connect checked.
 
-Why not httpx's default transport (httpcore + h11 + AnyIO): on a loopback crawl of 84 KB JPEGs it cost 0.81-0.88
-ms of event-loop CPU per request (more than half of what decoding the image costs), spread over many layers (a
-cancel scope per read, pool bookkeeping, h11's event machinery). This transport does the same job for a download
-client in one layer: 0.33-0.43 ms per request with the same httpx client on top (redirect checks, byte caps,
+Why not httpx's default transport (httpcore + h11 + AnyIO): on a loopback crawl of small JPEGs its event-loop CPU
+per request is a large share of what decoding the image costs, spread over many layers (a cancel scope per read,
+pool bookkeeping, h11's event machinery). This transport does the same job for a download client in one layer, at
+well under half that CPU (bench/README.md), with the same httpx client on top (redirect checks, byte caps,
 timeouts, headers, Content-Encoding, and the crawler's error handling are unchanged). It is used by
 `etl.net.http.async_client`; the sync client (`fetch`, a few large files) keeps httpx's default stack.
 
@@ -39,7 +39,7 @@ from etl.net.wire import (
 READ_HIGH_WATER = 1 << 20  # stop reading from a socket whose unread bytes pass this (flow control)
 # Linux: acknowledge at once instead of up to 40 ms later. A server that writes the head and the body in two sends
 # with Nagle's algorithm on (Python's http.server does) holds the body until the head is acknowledged; with delayed
-# ACKs every such response took 40 ms (measured on the sample server: fetch p50 44 -> 4 ms, 355 -> 625+ images/s).
+# ACKs every such response waits for the peer's delayed-ACK timer (effect on the sample crawl: bench/README.md).
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
@@ -260,7 +260,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         except UnresolvableHost as exc:
             raise httpx.ConnectError(str(exc), request=request) from None
         if scheme == "https" and self._ssl is None:
-            self._ssl = httpx.create_ssl_context()  # once: loading the CA bundle costs ~30 ms
+            self._ssl = httpx.create_ssl_context()  # once: loading the CA bundle is slow
         tls = self._ssl if scheme == "https" else None
         loop = asyncio.get_running_loop()
         self._make_room()

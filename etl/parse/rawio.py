@@ -1,5 +1,5 @@
-"""Reading the multi-GB raw dumps: gzip detected by magic number, inflated by ISA-L when installed (about twice
-as fast as zlib), in a background thread so inflating overlaps parsing (both release the GIL)."""
+"""Reading the multi-GB raw dumps: gzip detected by magic number, inflated by ISA-L when installed (faster than
+zlib, which stays the fallback), in a background thread so inflating overlaps parsing (both release the GIL)."""
 from __future__ import annotations
 
 import gzip

@@ -44,7 +44,6 @@ _DROP_ELEMENTS = r"(?is)<script\b[^>]*>.*?</script\s*>|<style\b[^>]*>.*?</style\
 _BLOCK_TAGS = (r"(?i)</?(?:br|p|div|li|ul|ol|dl|dt|dd|tr|td|th|table|tbody|thead|h[1-6]|hr|blockquote|pre|"
                r"section|article|header|footer)\b[^<>]*>")
 _ANY_TAG = r"</?[A-Za-z][^<>]*>|<![^<>]*>"
-_HAS_MARKUP = r"<[A-Za-z/!]|&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);"
 ENTITY = r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);"
 _ENTITY_PY = re.compile(ENTITY)
 
@@ -117,15 +116,6 @@ def strip_html(expr: pl.Expr) -> pl.Expr:
                 .str.replace_all(_BLOCK_TAGS, " ")
                 .str.replace_all(_ANY_TAG, ""))
     return unescape_entities(stripped)
-
-
-def has_markup(expr: pl.Expr) -> pl.Expr:
-    """True where `strip_html` has something to do (a tag-like `<x` or a character reference)."""
-    return expr.str.contains(_HAS_MARKUP)
-
-
-def looks_mojibake(value: str) -> bool:
-    return re.search(MOJIBAKE_SUSPECT, value) is not None
 
 
 def _repair_batch(series: pl.Series) -> pl.Series:
@@ -205,13 +195,6 @@ def clean_series(series: pl.Series, max_chars: int | None = None, counts: Cleani
 def clean_text(expr: pl.Expr, max_chars: int | None = None) -> pl.Expr:
     """All steps: HTML -> mojibake -> whitespace -> cap. Null stays null."""
     return expr.map_batches(lambda s: clean_series(s, max_chars), return_dtype=pl.String, is_elementwise=True)
-
-
-def clean_text_list(expr: pl.Expr, max_item_chars: int | None = None, max_items: int | None = None) -> pl.Expr:
-    """Clean every item of a list column, drop items that end up empty, keep the first `max_items`."""
-    cleaned = (expr.list.eval(clean_text(pl.element(), max_item_chars))
-               .list.eval(pl.element().filter(pl.element().str.len_chars() > 0)))
-    return cleaned.list.head(max_items) if max_items is not None else cleaned
 
 
 def clean_string(value: str | None, max_chars: int | None = None) -> str | None:

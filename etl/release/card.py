@@ -7,12 +7,14 @@ Plots are drawn with matplotlib's Agg canvas (`Figure`, no pyplot state), so the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from matplotlib.figure import Figure
 
 from slipio import atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Valid Hugging Face task ids (https://huggingface.co/tasks); text-to-image and graph-ml: the graph is a first-class
 # part of the release (neighbours for SLIP's structural loss).
@@ -97,7 +99,8 @@ def render_card(*, name: str, version: str, license: str, license_note: str, sta
         "### Pipeline accounting (input = kept + rejected + filtered)",
         "",
         _table(["stage", "input", "kept", "rejected", "filtered", "seconds"],
-               [[stage, c.get("input"), c.get("kept"), _reasons(c.get("rejected")), _reasons(c.get("filtered")),
+               [[stage, c.get("input"), c.get("kept"), format_reasons(c.get("rejected")),
+                 format_reasons(c.get("filtered")),
                  rec.get("duration_s")] for stage, rec in stats["stages"].items() if (c := rec.get("counts"))]),
         "",
         "### Image status",
@@ -119,10 +122,12 @@ def render_card(*, name: str, version: str, license: str, license_note: str, sta
     return "\n".join(lines)
 
 
-def _reasons(counts: dict[str, int] | None) -> str:
-    if not counts:
+def format_reasons(reasons: dict[str, int] | None) -> str:
+    """A stage's `rejected` / `filtered` counts as one table cell: "0" or "5 (bad_id: 2, bad_json: 3)" (the card and
+    `slip-etl stats` print the same)."""
+    if not reasons:
         return "0"
-    return f"{sum(counts.values())} (" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")"
+    return f"{sum(reasons.values())} (" + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -142,6 +147,8 @@ def write_plots(folder: Path, stats: dict[str, Any]) -> dict[str, Path]:
 
 
 def _degree_plot(path: Path, degree: dict[str, Any]) -> Path:
+    from matplotlib.figure import Figure  # matplotlib only when plotting: `slip-etl stats` reads this module
+
     points = sorted((int(d), c) for d, c in degree["histogram"].items() if int(d) > 0)
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
@@ -156,6 +163,8 @@ def _degree_plot(path: Path, degree: dict[str, Any]) -> Path:
 
 
 def _class_plot(path: Path, classes: dict[str, Any]) -> Path:
+    from matplotlib.figure import Figure
+
     hist = classes["histogram"]
     fig = Figure(figsize=(max(6.0, 0.25 * len(hist) + 2), 4.5), dpi=100)
     ax = fig.add_subplot()

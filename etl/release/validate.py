@@ -1,9 +1,10 @@
 """`slip-etl validate`: everything a consumer of a release relies on, checked from the folder alone.
 
-Checks: the manifest lists every file with its bytes and sha256 (and nothing else is there); every table matches
-its schema; every shard is a complete tar whose samples have exactly a jpg, txt and json member, valid sample JSON
-and a JPEG that PIL opens and verifies and that ends with its end-of-image marker (a full decode of every image
-would take far longer than everything else); sizes.json matches the tars; referential integrity (edge endpoints
+Checks: the manifest lists every file with its bytes and sha256 (and nothing else is there) and records the
+schema versions this code reads (same MAJOR, `schemas.check_schema_versions`); every table matches its schema;
+every shard is a complete tar whose samples have exactly a jpg, txt and json member, valid sample JSON and a JPEG
+that PIL opens and verifies and that ends with its end-of-image marker (a full decode of every image would take
+far longer than everything else); sizes.json matches the tars; referential integrity (edge endpoints
 and review products are nodes, every node with image_status ok is in exactly one shard of its own split, no key
 twice, labels.json names the node table's classes). The result is a list of readable problem lines, empty when
 the release is valid; each kind of problem is listed at most MAX_PER_KIND times, then counted, so a badly broken
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 import schemas
-from etl.core.stage import file_sha256
+from slipio.hashing import file_sha256
 
 MAX_PER_KIND = 20
 TABLES = {"nodes.parquet": "release_nodes", "edges.parquet": "edges", "reviews.parquet": "reviews"}
@@ -64,6 +65,8 @@ def validate_release(path: Path) -> list[str]:
             problems.add("manifest", "manifest.json: no 'files' mapping")
         return problems.result()
     _check_files(root, manifest["files"], problems)
+    for line in schemas.check_schema_versions(manifest.get("schema_versions"), [*TABLES.values(), "shard_sample"]):
+        problems.add("schema_version", f"manifest.json: {line}")
     tables = {name: _read_table(root / name, schema, problems) for name, schema in TABLES.items()}
     nodes = tables["nodes.parquet"]
     if nodes is not None:

@@ -1,25 +1,42 @@
 """The stage registry: order, dependencies, and what each stage's fingerprint covers.
 
-Stage modules are imported only when a stage runs, so `slip-etl --help` stays fast.
+Each stage is a module `etl/stages/<name>.py` with `run(ctx) -> StageResult` and `VERSION`, the version of what it
+writes: bump it whenever the stage's output bytes change for the same inputs and config (tests/test_stage_versions.py
+fails until you do). Stage modules are imported only when a stage runs or its version is read, so `slip-etl --help`
+stays fast.
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from etl.config import PipelineConfig
-from etl.core.stage import RunOptions, StageContext, StageResult, StageSpec
+from etl.core.stage import RunOptions, StageContext, StageError, StageResult, StageSpec
 
 
-def _lazy(target: str) -> Callable[[StageContext], StageResult]:
-    module, _, func = target.partition(":")
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"etl.stages.{name}")
+
+
+def _stage(name: str, needs: tuple[str, ...], config_sections: tuple[str, ...] = (),
+           fingerprint_extra: Callable[[PipelineConfig, RunOptions], dict[str, Any]] | None = None, *,
+           help: str, force_resumes: bool = False) -> StageSpec:
+    """The spec of `etl/stages/<name>.py`: its `run` and `VERSION` are looked up when first used."""
+
+    def version() -> str:
+        module = _module(name)
+        if not hasattr(module, "VERSION"):
+            raise StageError(f"{module.__name__} declares no VERSION (a string, bumped when its output changes)")
+        return module.VERSION
 
     def run(ctx: StageContext) -> StageResult:
-        return getattr(importlib.import_module(module), func)(ctx)
+        return _module(name).run(ctx)
 
-    run.__name__ = f"run_{func}"
-    return run
+    run.__name__ = f"run_{name}"
+    return StageSpec(name, version, run, needs, config_sections, fingerprint_extra, help=help,
+                     force_resumes=force_resumes)
 
 
 def _source_files(cfg: PipelineConfig, opts: RunOptions) -> dict[str, Any]:
@@ -50,24 +67,23 @@ def _image_output_config(cfg: PipelineConfig, opts: RunOptions) -> dict[str, Any
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in [
-        StageSpec("fetch", "1", _lazy("etl.stages.fetch:run"), (), ("fetch",), _source_files,
-                  help="Download the raw source files (resumable, sha256-checked)."),
-        StageSpec("nodes", "1", _lazy("etl.stages.nodes:run"), ("fetch",), ("nodes",), _source_format,
-                  help="Parse and clean product metadata into the node table; quarantine bad records."),
-        StageSpec("edges", "1", _lazy("etl.stages.edges:run"), ("fetch", "nodes"), ("edges",), _source_format,
-                  help="Build the co-purchase graph (2023 projection / 2018 also_buy) and apply graph filters."),
-        StageSpec("reviews", "1", _lazy("etl.stages.reviews:run"), ("fetch", "nodes", "edges"), ("reviews",),
-                  _source_format, help="Keep up to K cleaned reviews per product."),
-        StageSpec("labels", "1", _lazy("etl.stages.labels:run"), ("nodes", "edges"), ("labels",),
-                  help="Choose the label level, assign classes and stratified splits."),
-        StageSpec("images", "1", _lazy("etl.stages.images:run"), ("nodes", "edges"), (), _image_output_config,
-                  help="Download, validate and resize the main image of every kept node (resumable per sample; "
-                       "--force retries only missing and retriable failures — delete work/images to start over).",
-                  force_resumes=True),
-        StageSpec("shards", "1", _lazy("etl.stages.shards:run"), ("nodes", "edges", "labels", "images"), ("shards",),
-                  help="Write graph-ordered WebDataset shards per split."),
-        StageSpec("release", "1", _lazy("etl.stages.release:run"),
-                  ("fetch", "nodes", "edges", "reviews", "labels", "images", "shards"), ("release",),
-                  help="Assemble a versioned, self-describing release folder (manifest, stats, card, plots)."),
+        _stage("fetch", (), ("fetch",), _source_files,
+               help="Download the raw source files (resumable, sha256-checked)."),
+        _stage("nodes", ("fetch",), ("nodes",), _source_format,
+               help="Parse and clean product metadata into the node table; quarantine bad records."),
+        _stage("edges", ("fetch", "nodes"), ("edges",), _source_format,
+               help="Build the co-purchase graph (2023 projection / 2018 also_buy) and apply graph filters."),
+        _stage("reviews", ("fetch", "nodes", "edges"), ("reviews",), _source_format,
+               help="Keep up to K cleaned reviews per product."),
+        _stage("labels", ("nodes", "edges"), ("labels",),
+               help="Choose the label level, assign classes and stratified splits."),
+        _stage("images", ("nodes", "edges"), (), _image_output_config,
+               help="Download, validate and resize the main image of every kept node (resumable per sample; "
+                    "--force retries only missing and retriable failures — delete work/images to start over).",
+               force_resumes=True),
+        _stage("shards", ("nodes", "edges", "labels", "images"), ("shards",),
+               help="Write graph-ordered WebDataset shards per split."),
+        _stage("release", ("fetch", "nodes", "edges", "reviews", "labels", "images", "shards"), ("release",),
+               help="Assemble a versioned, self-describing release folder (manifest, stats, card, plots)."),
     ]
 }

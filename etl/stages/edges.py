@@ -1,14 +1,15 @@
 """Stage `edges`: the product graph, then the graph filters.
 
-2023 (and the sample): products are linked when they share purchasers. The raw reviews are streamed (only
-`user_id`, `parent_asin`, `verified_purchase` are parsed; broken lines are counted, never fatal), each review
-becomes a purchase (user key, node id), and `etl.graph.projection.project_copurchase` projects the user-product graph onto
-products: one purchase per (user, product); users with fewer than `edges.min_user_products` products add nothing;
-users with more than `edges.max_user_products` keep a seeded subsample of that many (the projection is quadratic
-in a user's degree; what the bound removes is reported in `stats.projection`); weight = shared purchasers; pairs
-with weight < `edges.min_weight` are dropped; with `edges.top_k` > 0 an edge is kept only if it is among the k
-heaviest edges of at least one endpoint (2023 only: 2018 edges are unweighted). Memory is about 12 bytes per
-purchase plus one bounded block of candidate pairs (bench/bench_edges.py: 44M reviews peak at 2.3 GiB RSS).
+2023 (and the sample): products are linked when they share purchasers. The raw reviews are streamed through the
+one JSON-lines reader (etl/parse/jsonl.py; only `user_id`, `parent_asin`, `verified_purchase` are parsed; bad lines
+are counted by the reader's rule, the same count the `reviews` stage quarantines, never fatal), each review
+becomes a purchase (user key, node id), and `etl.graph.projection.project_copurchase` projects the user-product
+graph onto products: one purchase per (user, product); users with fewer than `edges.min_user_products` products
+add nothing; users with more than `edges.max_user_products` keep a seeded subsample of that many (the projection
+is quadratic in a user's degree; what the bound removes is reported in `stats.projection`); weight = shared
+purchasers; pairs with weight < `edges.min_weight` are dropped; with `edges.top_k` > 0 an edge is kept only if it
+is among the k heaviest edges of at least one endpoint (2023 only: 2018 edges are unweighted). Memory is about 12
+bytes per purchase plus one bounded block of candidate pairs (peak RSS at full scale: bench/README.md).
 
 2018: `also_buy` lists give edges of kind `also_buy`, and `also_view` lists (with `edges.include_also_view`) give
 edges of kind `also_view`, weight 1; listed ASINs absent from the node table are dropped and counted.
@@ -22,8 +23,6 @@ User ids are keyed by a 64-bit hash (polars' string hash): two users collide wit
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,26 +32,21 @@ import polars as pl
 
 import schemas
 from etl.core.stage import Counts, StageContext, StageError, StageResult
-from etl.graph.projection import (
-    Edges,
-    filter_steps,
-    graph_stats,
-    log2_histogram,
-    project_copurchase,
-    top_k_mask,
-)
-from etl.parse.rawio import inflated_chunks
+from etl.graph.filters import filter_steps, graph_stats, log2_histogram
+from etl.graph.projection import Edges, project_copurchase, top_k_mask
+from etl.parse import jsonl
 from slipio import atomic
+
+VERSION = "1"
 
 REVIEW_SCHEMA: dict[str, pl.DataType] = {"user_id": pl.String, "parent_asin": pl.String,
                                          "verified_purchase": pl.Boolean}
 KINDS = ("copurchase", "also_buy", "also_view")
 HASH_SEED = 0x5EED
 MAX_EXAMPLES = 20
-PYTHON_BLOCK_LINES = 64  # bisecting a block with a broken line stops here and parses line by line
-BLOCK_BYTES = 16 << 20  # decompressed text handed over by the inflating thread at once
-PARSE_BYTES = 4 << 20  # text parsed by one polars call (a broken line costs ~2 extra parses of such a piece)
-MAX_LINE_BYTES = 64 << 20  # a longer "line" is not a review: counted as a bad line and skipped, never buffered
+# Reviews are read in smaller batches than the reader's default: only three fields are parsed, so the batch text
+# dominates this stage's transient memory, and nothing it writes depends on where batches are cut.
+READ_BATCH_BYTES = 16 << 20
 
 
 class AsinIndex:
@@ -104,8 +98,9 @@ class AsinIndex:
 @dataclass
 class PurchaseScan:
     """What streaming the reviews found; every non-blank line has exactly one fate, in this order:
-    bad_lines (not JSON / not an object), missing_fields (no user_id or parent_asin), unknown_product
-    (parent_asin not in the node table), unverified (only with verified_only), purchases."""
+    bad_lines (`jsonl.decode_line`: not JSON, not an object, or over-long), missing_fields (no user_id or
+    parent_asin), unknown_product (parent_asin not in the node table), unverified (only with verified_only),
+    purchases."""
 
     lines: int = 0
     bad_lines: int = 0
@@ -125,111 +120,21 @@ def read_purchases(path: Path, index: AsinIndex, verified_only: bool, progress: 
     scan = PurchaseScan()
     users: list[np.ndarray] = []
     nodes: list[np.ndarray] = []
-    for first_line, block in line_blocks(path):
-        frames: list[pl.DataFrame] = []
-        bad: list[tuple[int, bytes]] = []
-        if block is None:  # an oversized "line" that was skipped, not buffered
-            bad.append((first_line, b"<line longer than MAX_LINE_BYTES, skipped>"))
-        else:
-            parse_reviews(block, first_line, frames, bad)
-        df = pl.concat(frames) if len(frames) > 1 else frames[0] if frames else pl.DataFrame(schema=REVIEW_SCHEMA)
-        scan.lines += df.height + len(bad)
+    for batch in jsonl.read_line_batches(path, READ_BATCH_BYTES):
+        df, failures = jsonl.parse_json_lines(batch, REVIEW_SCHEMA)
+        bad = jsonl.bad_lines(batch, failures)
+        scan.lines += batch.records
         scan.bad_lines += len(bad)
-        for line_no, raw in bad[:MAX_EXAMPLES - len(scan.bad_line_examples)]:
-            scan.bad_line_examples.append({"line": line_no, "text": raw[:200].decode("utf-8", "replace")})
+        for line in sorted(bad)[:MAX_EXAMPLES - len(scan.bad_line_examples)]:
+            scan.bad_line_examples.append({"line": line.line_no, "text": line.raw[:200].decode("utf-8", "replace")})
         block_users, block_nodes = _purchases(df, index, verified_only, scan)
         users.append(block_users)
         nodes.append(block_nodes)
         if progress is not None:
-            progress.update(len(block) if block is not None else 0)
+            progress.update(batch.records)
     if not users:
         return np.zeros(0, np.uint64), np.zeros(0, np.int32), scan
     return np.concatenate(users), np.concatenate(nodes), scan
-
-
-def line_blocks(path: Path, block_bytes: int = BLOCK_BYTES, max_line_bytes: int = MAX_LINE_BYTES,
-                ) -> Iterator[tuple[int, bytes | None]]:
-    """(number of the first line, whole lines) blocks of the file, inflated (gzip by magic number) in a
-    background thread so inflating overlaps parsing. A line longer than `max_line_bytes` is skipped, not held
-    in memory, and yielded as (its line number, None)."""
-    line_no = 1
-    tail = b""
-    skipping = False
-    for chunk in inflated_chunks(path, block_bytes):
-        if skipping:
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                continue
-            skipping, chunk = False, chunk[newline + 1:]
-            line_no += 1
-        buf = tail + chunk if tail else chunk
-        cut = buf.rfind(b"\n") + 1
-        if cut == 0:
-            if len(buf) > max_line_bytes:
-                yield line_no, None
-                skipping, tail = True, b""
-            else:
-                tail = buf
-            continue
-        block, tail = buf[:cut], buf[cut:]
-        yield line_no, block
-        line_no += block.count(b"\n")
-    if skipping:
-        return
-    if tail:
-        yield line_no, tail + b"\n"
-
-
-def parse_reviews(block: bytes, first_line: int, frames: list[pl.DataFrame], bad: list[tuple[int, bytes]]) -> None:
-    """Parse a block of whole lines into `frames`; (line number, text) of lines that are not JSON objects go to
-    `bad`.
-
-    Blocks are parsed in pieces of about PARSE_BYTES, one polars read each (the fast path). A piece holding a
-    broken line fails as a whole and is bisected, so a broken line costs about two extra parses of its piece.
-    Short pieces are parsed line by line with the reader's semantics: a number in a string field becomes its
-    JSON text, anything but `true` in verified_purchase means "not verified"."""
-    if len(block) > PARSE_BYTES:
-        cut = block.rfind(b"\n", 0, PARSE_BYTES) + 1 or block.find(b"\n", PARSE_BYTES) + 1
-        if 0 < cut < len(block):
-            parse_reviews(block[:cut], first_line, frames, bad)
-            parse_reviews(block[cut:], first_line + block.count(b"\n", 0, cut), frames, bad)
-            return
-    lines = block.count(b"\n")
-    try:
-        df = pl.read_ndjson(block, schema=REVIEW_SCHEMA)
-        if df.height == lines or df.height == sum(1 for line in block.split(b"\n") if line.strip()):
-            frames.append(df)
-            return
-    except (pl.exceptions.PolarsError, pl.exceptions.PanicException):
-        pass
-    if lines > PYTHON_BLOCK_LINES:
-        half = len(block) // 2
-        mid = block.rfind(b"\n", 0, half) + 1 or block.find(b"\n", half, len(block) - 1) + 1
-        parse_reviews(block[:mid], first_line, frames, bad)
-        parse_reviews(block[mid:], first_line + block.count(b"\n", 0, mid), frames, bad)
-        return
-    rows = []
-    for offset, raw in enumerate(block.split(b"\n")[:lines]):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            obj = None
-        if not isinstance(obj, dict):
-            bad.append((first_line + offset, raw))
-            continue
-        rows.append((_text(obj.get("user_id")), _text(obj.get("parent_asin")), obj.get("verified_purchase") is True))
-    if rows:
-        frames.append(pl.DataFrame(rows, schema=REVIEW_SCHEMA, orient="row"))
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return json.dumps(value)
-    return None
 
 
 def _purchases(df: pl.DataFrame, index: AsinIndex, verified_only: bool,
@@ -324,7 +229,7 @@ def run(ctx: StageContext) -> StageResult:
 
 def _copurchase_edges(ctx: StageContext, index: AsinIndex, size: int) -> tuple[list[tuple[str, Edges]], dict]:
     cfg = ctx.cfg.edges
-    with ctx.progress(desc="edges: reviews", unit="B", unit_scale=True) as bar:
+    with ctx.progress(desc="edges: reviews", unit="line", unit_scale=True) as bar:
         users, purchase_nodes, scan = read_purchases(ctx.input("fetch", "reviews"), index, cfg.verified_only, bar)
     edges, projection = project_copurchase(
         users, purchase_nodes, size, min_user_products=cfg.min_user_products,

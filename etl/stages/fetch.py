@@ -27,7 +27,7 @@ from urllib.request import url2pathname
 
 import httpx
 
-from etl.core.stage import Counts, StageContext, StageError, StageResult, file_sha256
+from etl.core.stage import Counts, StageContext, StageError, StageResult
 from etl.net.http import (
     BlockedURL,
     RetryPolicy,
@@ -39,6 +39,9 @@ from etl.net.http import (
     sync_client,
 )
 from slipio import atomic
+from slipio.hashing import file_sha256
+
+VERSION = "1"
 
 OFFLINE_HINT = ("If you are offline or the source is unreachable, use `--source sample` (the embedded sample) or "
                 "`--mirror BASE` (a folder or http(s) URL holding the same relative paths)")
@@ -341,7 +344,7 @@ def _finalize(part: Path, dest: Path, url: str) -> tuple[str, int]:
         os.fsync(fh.fileno())
     digest, size = file_sha256(part)
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    atomic.fsync_dir(dest.parent)
     _validator_file(part).unlink(missing_ok=True)
     atomic.write_json(_done(dest), {"url": _redact(url), "bytes": size, "sha256": digest,
                                     "mtime_ns": dest.stat().st_mtime_ns})
@@ -362,19 +365,6 @@ def _reusable(dest: Path) -> dict[str, Any] | None:
     dest.unlink(missing_ok=True)  # changed or gone: download it afresh
     _done(dest).unlink(missing_ok=True)
     return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _redact(url: str) -> str:

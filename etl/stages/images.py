@@ -27,6 +27,8 @@ from etl.imaging.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
 from etl.net.http import is_retriable, user_agent
 from slipio import atomic
 
+VERSION = "2"  # 2: OpenCV resize/encode changed the JPEG bytes
+
 CHUNK_DIR = "chunks"
 FINAL_STATUSES = frozenset({"ok", "not_image", "too_large", "decode_error", "blocked_url", "no_url",
                             "robots_optout"})

@@ -29,6 +29,8 @@ import schemas
 from etl.core.stage import Counts, StageContext, StageError, StageResult
 from slipio import atomic
 
+VERSION = "1"
+
 SPLITS = ("train", "val", "test")
 SEPARATOR = " > "
 RELAX_KEYS = "labels.min_class_size, labels.min_classes, labels.max_classes, labels.min_coverage or labels.levels"

@@ -29,13 +29,15 @@ from etl.core.stage import (
     StageContext,
     StageError,
     StageResult,
-    file_sha256,
 )
+from etl.graph.filters import distinct_pairs
 from etl.release import card
+from etl.release.shardformat import PLAN_TABLE, SIZES_FILE
 from etl.release.validate import validate_release
-from etl.stages import STAGES
-from etl.stages.shards import PLAN_TABLE, SIZES_FILE
 from slipio import atomic
+from slipio.hashing import file_sha256
+
+VERSION = "1"
 
 MISSING_STATUS = "missing"  # a kept node the images stage left without a result
 UNUSABLE_STATUS = "unusable"  # status ok, but the shards stage found no usable JPEG (see its record)
@@ -206,10 +208,8 @@ def degree_stats(node_ids: np.ndarray, src: np.ndarray, dst: np.ndarray) -> dict
     if len(ids) == 0:
         return {"mean": 0.0, "median": 0.0, "max": 0, "isolated": 0, "histogram": {}}
     top = int(max(ids.max(), src.max() if len(src) else 0, dst.max() if len(dst) else 0)) + 1
-    a = np.minimum(src, dst).astype(np.int64)
-    b = np.maximum(src, dst).astype(np.int64)
-    key = np.unique(a * top + b)
-    degree = np.bincount(np.concatenate([key // top, key % top]), minlength=top)[ids]
+    a, b = distinct_pairs(src, dst)
+    degree = np.bincount(np.concatenate([a, b]), minlength=top)[ids]
     values, counts = np.unique(degree, return_counts=True)
     return {"mean": round(float(degree.mean()), 3), "median": float(np.median(degree)), "max": int(degree.max()),
             "isolated": int((degree == 0).sum()),
@@ -227,8 +227,11 @@ def build_manifest(ctx: StageContext, folder: Path, name: str, fingerprint: str)
             continue
         digest, size = file_sha256(path)
         files[rel] = {"bytes": size, "sha256": digest}
+    # Every other stage is upstream of this one (in pipeline order): their records say what ran.
     fingerprints = {stage: rec.get("fingerprint") for stage, rec in ctx.upstream.items()}
     fingerprints["release"] = fingerprint
+    versions = {stage: rec.get("version") for stage, rec in ctx.upstream.items()}
+    versions["release"] = VERSION
     return {
         "name": name,
         "version": ctx.cfg.release.version,
@@ -240,8 +243,8 @@ def build_manifest(ctx: StageContext, folder: Path, name: str, fingerprint: str)
             "category": ctx.cfg.category_name(ctx.opts.category, ctx.opts.source),
             "raw": raw_files(ctx.upstream.get("fetch", {})),
             "config": ctx.cfg.model_dump(mode="json"),
-            "fingerprints": {s: fingerprints[s] for s in [*STAGES, "release"] if s in fingerprints},
-            "stage_versions": {s: STAGES[s].version for s in STAGES},
+            "fingerprints": fingerprints,
+            "stage_versions": versions,
         },
     }
 

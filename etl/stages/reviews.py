@@ -11,7 +11,8 @@ The rule for the best K: verified purchases first, then more helpful votes, then
 <= `reviews.max_text_chars`), then newer (no timestamp = oldest), then user_id ascending, then file order.
 `rank` is 0 for the best.
 
-How it scales: the file (20-45M lines for a large category) is streamed in line batches (see etl/nodes.py);
+How it scales: the file (20-45M lines for a large category) is streamed in line batches by the one JSON-lines
+reader (etl/parse/jsonl.py: the same line cap and bad-line rule as `nodes` and `edges`);
 each batch is parsed, joined to the node ids, cleaned and filtered, and what survives is spilled to one of P
 Parquet partitions by node_id range (P grows with the file). Duplicates and ranks only concern one product, so
 each partition is then deduplicated and ranked on its own, exactly, with memory bounded by a partition.
@@ -32,22 +33,17 @@ import pyarrow.parquet as pq
 
 import schemas
 from etl.core.stage import Counts, StageContext, StageResult
-from etl.parse import text
-from etl.stages import nodes
-from etl.stages.nodes import (
-    ASIN_PATTERN,
-    LineBatch,
-    parse_json_lines,
-    quarantine_table,
-    read_line_batches,
-)
+from etl.parse import jsonl, text
+from etl.parse.ids import ASIN_PATTERN
 from slipio import atomic
+
+VERSION = "1"
 
 RAW_SCHEMA: dict[str, pl.DataType] = {
     "rating": pl.Float64, "title": pl.String, "text": pl.String, "parent_asin": pl.String,
     "user_id": pl.String, "timestamp": pl.Int64, "helpful_vote": pl.Int64, "verified_purchase": pl.Boolean,
 }
-REJECTED = ("bad_json", "not_an_object", "no_user_id")
+REJECTED = (*jsonl.BAD_LINE_REASONS, "no_user_id")
 FILTERED = ("unknown_product", "filtered_node", "short_text", "duplicate", "over_k")
 PARTITION_INPUT_BYTES = 128 << 20   # compressed input bytes per spill partition
 MAX_PARTITIONS = 512
@@ -93,10 +89,10 @@ class ReviewSpiller:
         self.counts = {r: 0 for r in REJECTED + FILTERED}
         self.cleaning = {"title": text.CleaningCounts(), "text": text.CleaningCounts()}
 
-    def process(self, batch: LineBatch) -> pa.Table:
+    def process(self, batch: jsonl.LineBatch) -> pa.Table:
         """Spill this batch's candidates; return its quarantine rows."""
-        self.input += len(batch) + len(batch.oversized)
-        parsed, failures = parse_json_lines(batch, RAW_SCHEMA)
+        self.input += batch.records
+        parsed, failures = jsonl.parse_json_lines(batch, RAW_SCHEMA)
         no_user = parsed.filter(pl.col("user_id").fill_null("").str.strip_chars() == "")
         df = parsed.filter(pl.col("user_id").fill_null("").str.strip_chars() != "")
         df = (df.with_columns(pl.when(pl.col("parent_asin").str.contains(ASIN_PATTERN))
@@ -134,10 +130,9 @@ class ReviewSpiller:
                                                       self.spill_schema, compression="lz4")
             self.writers[part].write_table(table.cast(self.spill_schema))
 
-    def _quarantine(self, batch: LineBatch, no_user: pl.DataFrame, failures: dict[int, str]) -> pa.Table:
-        table = quarantine_table(batch, no_user["__line"].to_list() + list(failures),
-                                 ["no_user_id"] * no_user.height + list(failures.values()),
-                                 no_user["parent_asin"].to_list() + [None] * len(failures), MAX_RAW_CHARS)
+    def _quarantine(self, batch: jsonl.LineBatch, no_user: pl.DataFrame, failures: dict[int, str]) -> pa.Table:
+        table = jsonl.quarantine_table(batch, no_user["__line"].to_list(), ["no_user_id"] * no_user.height,
+                                       no_user["parent_asin"].to_list(), failures, MAX_RAW_CHARS)
         for reason in table.column("reason").to_pylist():
             self.counts[reason] += 1
         return table
@@ -168,7 +163,7 @@ def run(ctx: StageContext) -> StageResult:
     with atomic.atomic_path(quarantine_path) as tmp, ctx.progress(desc="reviews", unit="line") as bar:
         writer = pq.ParquetWriter(tmp, schemas.arrow_schema("quarantine"), compression="zstd")
         try:
-            for batch in read_line_batches(source, nodes.BATCH_BYTES):
+            for batch in jsonl.read_line_batches(source):
                 quarantine = spiller.process(batch)
                 if quarantine.num_rows:
                     writer.write_table(quarantine)

@@ -31,33 +31,36 @@ import polars as pl
 import pyarrow as pa
 
 from etl.config import ShardsConfig
-from etl.core.stage import (
-    Counts,
-    StageContext,
-    StageError,
-    StageResult,
-    file_sha256,
-    read_parquet_columns,
-)
+from etl.core.stage import Counts, StageContext, StageError, StageResult
+from etl.graph.filters import distinct_pairs
 from etl.graph.ordering import (
+    TRAINER_SHUFFLE_BUFFER,
     graph_order,
     in_batch_stats,
     random_order,
-    shuffle_buffer_permutation,
+    reservoir_shuffle_permutation,
 )
 from etl.imaging.chunks import iter_ok_chunks
+from etl.parse.parquet import read_parquet_columns
+from etl.release.shardformat import (
+    PLAN_TABLE,
+    SHARDS_DIR,
+    SIZES_FILE,
+    SPLITS,
+    sample_json,
+    sample_key,
+    shard_name,
+)
 from etl.release.tarwriter import BLOCK, RECORD, TarWriter
 from slipio import atomic
+from slipio.hashing import file_sha256
 
-SPLITS = ("train", "val", "test")
-SHARDS_DIR = "shards"
-PLAN_TABLE = "plan.parquet"
+VERSION = "2"  # 2: hand-built tars (etl/release/tarwriter.py) changed the tar bytes
+
 PLAN_META = "plan.json"
 DONE_DIR = "done"
 STAGING_DIR = "staging"
-SIZES_FILE = "sizes.json"
 STATS_BATCH_SIZES = (64, 256, 1024)
-STATS_SHUFFLE_BUFFER = 1000
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -267,7 +270,7 @@ def build_plan(samples: pl.DataFrame, edges: tuple[np.ndarray, np.ndarray, np.nd
     length (JPEG bytes).
     """
     src, dst, weight = edges
-    pairs = _unique_pairs(src, dst)
+    pairs = distinct_pairs(src, dst)  # several edge kinds may link the same two nodes
     tables, shards, ordering = [], [], {}
     for split_no, split in enumerate(SPLITS):
         part = samples.filter(pl.col("split") == split).sort("node_id")
@@ -310,7 +313,7 @@ def _cut_shards(part: pl.DataFrame, split: str, cfg: ShardsConfig) -> tuple[list
                 + _padded(len(sample_json(row))))
         full = count >= cfg.max_samples or (cfg.max_bytes and count and tar_size(members + size) > cfg.max_bytes)
         if not shards or full:
-            shards.append({"name": f"{split}-{len(shards):06d}.tar", "split": split, "samples": 0})
+            shards.append({"name": shard_name(split, len(shards)), "split": split, "samples": 0})
             members, count = 0, 0
         members += size
         count += 1
@@ -329,35 +332,15 @@ def tar_size(member_bytes: int) -> int:
     return -(-(member_bytes + 2 * BLOCK) // RECORD) * RECORD
 
 
-def sample_json(row: dict[str, Any]) -> bytes:
-    """The `<key>.json` member (schema shard_sample), compact and key-ordered for byte-determinism."""
-    return json.dumps({"node_id": int(row["node_id"]), "asin": row["asin"], "label": int(row["label"]),
-                       "label_name": row["label_name"], "split": row["split"], "cluster": int(row["cluster"])},
-                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def sample_key(node_id: int) -> str:
-    return f"{int(node_id):010d}"
-
-
-def _unique_pairs(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each undirected pair once (several edge kinds may link the same two nodes)."""
-    if len(src) == 0:
-        return src.astype(np.int64), dst.astype(np.int64)
-    a, b = np.minimum(src, dst).astype(np.int64), np.maximum(src, dst).astype(np.int64)
-    key = np.unique(a * (int(b.max()) + 1) + b)
-    return key // (int(b.max()) + 1), key % (int(b.max()) + 1)
-
-
 def _ordering_stats(order: np.ndarray, labels: np.ndarray, pairs: tuple[np.ndarray, np.ndarray],
                     seed: int) -> dict[str, Any]:
-    """In-batch neighbour statistics of the written order vs a random order, without and with a shuffle buffer
-    (webdataset's algorithm, simulated once per order and reused for every batch size)."""
+    """In-batch neighbour statistics of the written order vs a random order, without and with the trainer's sample
+    shuffle (its algorithm and default buffer, simulated once per order and reused for every batch size)."""
     baseline = random_order(order, seed=seed + 1000)
     base_pos = np.argsort(order)[np.searchsorted(np.sort(order), baseline.node_ids)]
-    buffered = shuffle_buffer_permutation(len(order), STATS_SHUFFLE_BUFFER, seed=seed)
+    buffered = reservoir_shuffle_permutation(len(order), TRAINER_SHUFFLE_BUFFER, seed=seed)
     streams = {"written": (order, labels), "random": (baseline.node_ids, labels[base_pos])}
-    out: dict[str, Any] = {"split": "train", "shuffle_buffer": STATS_SHUFFLE_BUFFER}
+    out: dict[str, Any] = {"split": "train", "shuffle_buffer": TRAINER_SHUFFLE_BUFFER}
     for batch in STATS_BATCH_SIZES:
         out[str(batch)] = {
             name: {"no_shuffle": in_batch_stats(ids, pairs, batch, labels=lab),

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+import schemas
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "stripes", "diamond", "dots")
 SIZES = ("large", "small")
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 20),
@@ -196,7 +198,8 @@ def make_synthetic_release(root: Path, n_nodes: int = 400, n_classes: int = 8, s
                                        "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
              for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"}
     (root / "manifest.json").write_text(json.dumps({
-        "name": "synthetic", "version": "0.0.0", "created_at": "1970-01-01T00:00:00Z", "schema_versions": {},
+        "name": "synthetic", "version": "0.0.0", "created_at": "1970-01-01T00:00:00Z",
+        "schema_versions": schemas.schema_versions(),
         "files": files, "provenance": {"source": "synthetic", "category": "synthetic", "raw": [],
                                        "config": {"n_nodes": n_nodes, "n_classes": n_classes, "seed": seed}}},
         indent=2))

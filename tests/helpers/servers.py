@@ -1,6 +1,6 @@
 """A loopback HTTP server with per-path faults, for download tests (fetch, images).
 
-    from servers import FaultServer, Serve, Status, Cut, Stall, Redirect, Trickle, fail_then
+    from helpers.servers import FaultServer, Serve, Status, Cut, Stall, Redirect, Trickle, fail_then
 
     routes = {
         "/ok.jpg": Serve(jpeg, content_type="image/jpeg"),          # Range, HEAD, If-Range, ETag supported

@@ -1,0 +1,85 @@
+"""The contract every training method fulfils; the loop, the model and the config speak only to it.
+
+A method declares its own config fields (`Options`, flattened into TrainConfig), the parts it adds to the model
+(`build`), what it needs from the data (`needs_graph`), what its forward adds to the encoder outputs (`forward`),
+its named loss terms and their weights, and the hooks the loop calls after each optimizer step (`clamp_`) and at
+each logged step (`log_scalars`).
+
+Method modules import torch and the loss functions inside their functions, not at the top: trainer.config imports
+every method for its `Options`, and `slip-train --help` should not pay for torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from trainer.config import TrainConfig
+
+
+class NoOptions(BaseModel):
+    """Options of a method that adds no config field."""
+
+
+@dataclass
+class BatchContext:
+    """What the loss terms may read besides the forward outputs; indices refer to the (gathered) global batch."""
+
+    node_ids: Tensor  # [B] product ids
+    edge_index: Optional[Tensor] = None  # [2, E] in-batch edges (PyG convention); None without a graph
+    edge_weight: Optional[Tensor] = None  # [E]
+
+
+class Method:
+    """A training method: subclass, set `name`, `description` (and `Options`, `needs_graph`, ...), override what
+    differs, and decorate with `trainer.methods.register`. One instance per model, holding the run's config."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line, shown in `--method`'s help
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    needs_graph: ClassVar[bool] = False  # the loop must give forward/loss_terms the in-batch edges every step
+    refines_embeddings: ClassVar[bool] = False  # has a `graph_refine` (evaluation then also scores refined vectors)
+    no_decay: ClassVar[tuple[str, ...]] = ()  # parameter-name markers AdamW must not decay (scales, gains)
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Raise ValueError for a config this method cannot train (runs inside TrainConfig's validation)."""
+
+    def build(self, embed_dim: int) -> dict[str, nn.Module | Tensor]:
+        """Parts added to the model under these names: modules, parameters, buffers (plain tensors).
+
+        The names become the model's attributes and state-dict prefixes, so they stay fixed once runs exist."""
+        return {}
+
+    def forward(self, model: Any, out: dict[str, Tensor], edge_index: Optional[Tensor],
+                edge_weight: Optional[Tensor]) -> dict[str, Tensor]:
+        """Extra forward outputs from the encoder outputs in `out` (image_emb, text_emb, logit_scale); runs inside
+        the model's forward, so under autocast, DDP and torch.compile."""
+        return {}
+
+    def graph_refine(self, model: Any, emb: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
+                     modality: str) -> Tensor:
+        """Graph-refined embeddings (only for methods with `refines_embeddings`)."""
+        raise NotImplementedError(f"method {self.name} does not refine embeddings")
+
+    def loss_terms(self, model: Any, out: dict[str, Tensor], ctx: BatchContext) -> dict[str, Tensor]:
+        """Named scalar loss terms, unweighted; the loop sums them with `term_weights` and logs `loss_<name>`."""
+        raise NotImplementedError
+
+    def term_weights(self) -> dict[str, float]:
+        """Weight of each term in the total; a term not named here has weight 1."""
+        return {}
+
+    def clamp_(self, model: Any) -> None:
+        """Keep the method's learned scales in range; called under no_grad after every optimizer step."""
+
+    def log_scalars(self, model: Any) -> dict[str, float]:
+        """Extra values for log.jsonl / TensorBoard at each logged step (temperatures, fusion weights)."""
+        return {}
