@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional, Sequence
 
 import typer
 
 from etl.config import ConfigError, PipelineConfig, load_config
-from etl.core.stage import RunOptions, StageError, run_stages
+from etl.core.executor import check_executor
+from etl.core.stage import RunOptions, StageError, output_path, run_stages
 from etl.stages import STAGES
-from slipio.cli import BAD_INPUT, FAILED, Command, described, fail, new_app, run
+from slipio.cli import BAD_INPUT, FAILED, Command, InputError, described, fail, new_app, run
 
 PROG = "slip-etl"
 app = new_app(described(
@@ -46,6 +48,14 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Pro
                                            rich_help_panel="Run")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv for debug).",
                                          rich_help_panel="Run")]
+WaitOpt = Annotated[float, typer.Option("--wait", metavar="SECONDS", min=0, rich_help_panel="Run", help=(
+    "Wait up to SECONDS for another command holding this dataset root (default: exit 2 at once, naming it)."))]
+ExecutorOpt = Annotated[Optional[str], typer.Option(
+    "--executor", metavar="local|ray", rich_help_panel="Run",
+    help="Where images and shards run: local (default) or ray (a Ray cluster; other stages run here).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDR", rich_help_panel="Run",
+    help="Ray cluster to use with --executor ray: HOST:PORT, auto or ray://HOST:10001 (default: start Ray here).")]
 ReleaseArg = Annotated[Path, typer.Argument(exists=True, file_okay=False, metavar="RELEASE",
                                             help="The release folder.")]
 
@@ -67,20 +77,49 @@ def _options(cfg: PipelineConfig, category: str, source: str, out: Path, mirror:
     )
 
 
+def _check_out(out: Path, root: Path) -> None:
+    """Create dataset root `root` and a temp file in it: an --out that is a file, lies below a file or cannot be
+    written is one clear error here instead of a traceback from whichever stage writes first. It tries rather than
+    asks `os.access`, which says yes to root even on a read-only mount."""
+    try:
+        for folder in (root, *root.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise InputError(f"--out {out}: {folder} is a file, not a folder; choose a folder for --out")
+                break
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write to {root} ({exc.strerror or exc}); choose a folder you can "
+                         f"write to") from None
+
+
+def _executor_overrides(overrides: list[str] | None, executor: str | None, ray_address: str | None) -> list[str]:
+    """`--executor` / `--ray-address` as the `executor.*` values they set (flags win over --config and --set)."""
+    extra = [f"executor.kind={executor}"] if executor is not None else []
+    if ray_address is not None:
+        extra.append(f"executor.address={ray_address}")
+    return list(overrides or []) + extra
+
+
 def _run(targets: list[str], force: list[str], category: str, source: str, out: Path, config: Path | None,
          overrides: list[str] | None, mirror: str | None, allow_host: list[str] | None, progress: bool,
-         verbose: int) -> tuple[dict, RunOptions]:
+         verbose: int, wait: float = 0.0) -> tuple[dict, RunOptions]:
     """Run stages with the source reachable; return the records and the resolved options."""
+    from etl.core.lock import dataset_lock
     from etl.core.source import open_source
 
     _setup_logging(verbose)
     try:
         cfg = load_config(config, overrides)
+        check_executor(cfg.executor)  # --executor ray without Ray installed: exit 2 before any stage runs
         opts = _options(cfg, category, source, out, mirror, allow_host, progress)
-        with open_source(cfg, opts) as live:
+        _check_out(out, opts.dataset_root)
+        with dataset_lock(opts.dataset_root, wait), open_source(cfg, opts) as live:  # one writer per root
             return run_stages(targets, STAGES, cfg, live, force=force), opts
-    except (ConfigError, StageError) as exc:
-        fail(PROG, exc, BAD_INPUT if isinstance(exc, ConfigError) else FAILED)
+    except (ConfigError, InputError, StageError) as exc:
+        fail(PROG, exc, FAILED if isinstance(exc, StageError) else BAD_INPUT)
 
 
 @app.command(cls=Command, help=described(
@@ -98,10 +137,14 @@ def build(
                                                        rich_help_panel="Run")] = None,
     progress: ProgressOpt = True,
     verbose: VerboseOpt = 0,
+    wait: WaitOpt = 0.0,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    records, _ = _run(list(STAGES), force or [], category, source, out, config, set_, mirror, allow_host, progress,
-                      verbose)
-    typer.echo(records["release"]["stats"]["release_dir"])
+    set_ = _executor_overrides(set_, executor, ray_address)
+    records, opts = _run(list(STAGES), force or [], category, source, out, config, set_, mirror, allow_host,
+                         progress, verbose, wait)
+    typer.echo(str(output_path(opts.dataset_root, records["release"], "release")))  # where the root is now
 
 
 def _stage_command(name: str) -> None:
@@ -117,10 +160,15 @@ def _stage_command(name: str) -> None:
                                             rich_help_panel="Run")] = False,
         progress: ProgressOpt = True,
         verbose: VerboseOpt = 0,
+        wait: WaitOpt = 0.0,
+        executor: ExecutorOpt = None,
+        ray_address: RayAddressOpt = None,
     ) -> None:
+        set_ = _executor_overrides(set_, executor, ray_address)
         records, opts = _run([name], [name] if force else [], category, source, out, config, set_, mirror,
-                             allow_host, progress, verbose)
-        typer.echo(records[name]["stats"]["release_dir"] if name == "release" else str(opts.work_dir / name))
+                             allow_host, progress, verbose, wait)
+        typer.echo(str(output_path(opts.dataset_root, records[name], "release")) if name == "release"
+                   else str(opts.work_dir / name))
 
     summary = STAGES[name].help + " Runs the finished stages it needs first (skipped when done)."
     example = f"slip-etl {name} --source sample --category electronics --out data"
@@ -186,7 +234,7 @@ def publish(
         for line in publish_release(release, to, dry_run=dry_run):
             typer.echo(line)
     except PublishError as exc:
-        fail(PROG, exc, FAILED)
+        fail(PROG, exc, BAD_INPUT if isinstance(exc, InputError) else FAILED)
 
 
 @app.command(cls=Command, help=described(

@@ -1,13 +1,18 @@
 """pipelines.yaml as validated data: a bad configuration stops the run at once with the key and the allowed values.
 
 The defaults live in the packaged `etl/pipelines.yaml` (the repository's `pipelines.yaml` is the same file); a
-user's `--config` file is merged over them, then `--set SECTION.KEY=VALUE` overrides, then validation.
+user's `--config` file is merged over them, then `--set SECTION.KEY=VALUE` overrides, then validation. Every error
+names where the bad value came from (the file, or the `--set` item) so that a user fixes the right thing, and
+name templates are checked here, not at the end of a build.
 """
 from __future__ import annotations
 
 import copy
+import typing
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from string import Formatter
 from typing import Any, Literal
 
 import yaml
@@ -20,9 +25,34 @@ from pydantic import (
     model_validator,
 )
 
+from slipio.cli import InputError, read_config_text, yaml_problem
+
+# The fields each name template is formatted with (etl/stages/release.py: release.name; etl/stages/fetch.py and
+# the stage registry: sources.*.files). A template with any other field is refused when the config loads.
+RELEASE_NAME_FIELDS = ("category",)
+SOURCE_FILE_FIELDS = ("Category",)
+
 
 class ConfigError(ValueError):
     """A configuration problem the user must fix; the message names the key and what is allowed."""
+
+
+def check_template(template: str, fields: tuple[str, ...]) -> str:
+    """`template` if `template.format(**{each of fields})` works; ValueError naming the bad part otherwise."""
+    allowed = ", ".join("{" + f + "}" for f in fields)
+    try:
+        used = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template {template!r} ({exc}); allowed fields: {allowed}, and a literal "
+                         f"brace is written {{{{ or }}}}") from None
+    for name in used:
+        if name not in fields:
+            raise ValueError(f"unknown template field {{{name}}} in {template!r}; allowed: {allowed}")
+    try:
+        template.format(**{f: "x" for f in fields})
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        raise ValueError(f"not a valid template {template!r} ({exc}); allowed fields: {allowed}") from None
+    return template
 
 
 class _Strict(BaseModel):
@@ -35,6 +65,13 @@ class SourceConfig(_Strict):
     category_names: dict[str, str] = Field(default_factory=dict)
     sample_products: int = Field(3000, ge=50)
     sample_seed: int = 0
+
+    @field_validator("files")
+    @classmethod
+    def _file_templates(cls, v: dict[str, str]) -> dict[str, str]:
+        for template in v.values():
+            check_template(template, SOURCE_FILE_FIELDS)
+        return v
 
     @model_validator(mode="after")
     def _files_match_format(self) -> SourceConfig:
@@ -146,11 +183,29 @@ class ShardsConfig(_Strict):
     seed: int = 0
 
 
+class ExecutorConfig(_Strict):
+    """Where `images` and `shards` run (etl/core/executor.py); never part of a fingerprint: same outputs on both."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str = ""               # Ray cluster HOST:PORT, "auto", ray://...; "" = start Ray on this machine
+    workers: int = Field(0, ge=0)   # tasks at once (0 = every CPU of the cluster / task_cpus)
+    task_cpus: float = Field(1.0, gt=0)
+    tasks_per_worker: int = Field(4, ge=1)
+    max_partition_rows: int = Field(2048, ge=1)
+    max_retries: int = Field(3, ge=0)
+    object_store_mb: int = Field(0, ge=0)  # only when Ray is started here (0 = Ray's default)
+
+
 class ReleaseConfig(_Strict):
     version: str = Field("1.0.0", pattern=r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
     name: str = "slip-amazon-{category}"
     license: str = "other"
     license_note: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name_template(cls, v: str) -> str:
+        return check_template(v, RELEASE_NAME_FIELDS)
 
 
 class PipelineConfig(_Strict):
@@ -167,6 +222,7 @@ class PipelineConfig(_Strict):
     images: ImagesConfig = ImagesConfig()
     shards: ShardsConfig = ShardsConfig()
     release: ReleaseConfig = ReleaseConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     def section(self, name: str) -> dict[str, Any]:
         """The JSON-able config slice a stage reads (part of its fingerprint)."""
@@ -203,37 +259,123 @@ def default_config_text() -> str:
     return resources.files("etl").joinpath("pipelines.yaml").read_text(encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class _Override:
+    """One `--set` item: where it points and the value it sets."""
+
+    item: str
+    keys: tuple[str, ...]
+    value: Any
+
+
+@dataclass
+class _Origins:
+    """Where each value came from, so that a validation error names the file or the `--set` item to fix."""
+
+    file: Path | None = None
+    user: dict[str, Any] = field(default_factory=dict)
+    overrides: list[_Override] = field(default_factory=list)
+
+    def of(self, loc: tuple[Any, ...]) -> str:
+        keys = tuple(str(k) for k in loc)
+        for o in reversed(self.overrides):  # the last --set of a key wins, as it does when applied
+            n = min(len(o.keys), len(keys))
+            if o.keys[:n] == keys[:n]:
+                return f"--set {o.item!r}"
+        if self.file is not None and (not keys or keys[0] in {str(k) for k in self.user}):
+            return str(self.file)
+        return "pipelines.yaml (defaults)"
+
+
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Defaults, then the user's file (deep-merged), then `SECTION.KEY=VALUE` overrides; validated."""
     data = yaml.safe_load(default_config_text())
+    origins = _Origins()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data = _deep_merge(data, user)
+        origins.file = Path(path)
+        origins.user = read_config_file(origins.file)
+        data = _deep_merge(data, origins.user)
     for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else "")
-    return validate_config(data, origin=str(path) if path else "pipelines.yaml")
+        override = parse_override(item)
+        origins.overrides.append(override)
+        _set_path(data, list(override.keys), override.value)
+    return validate_config(data, origins)
 
 
-def validate_config(data: dict[str, Any], origin: str = "config") -> PipelineConfig:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a user's pipelines.yaml (empty file: none); ConfigError naming the file when it is not one."""
+    try:
+        text = read_config_text(path)
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        user = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    if user is None:
+        return {}
+    if not isinstance(user, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return user
+
+
+def parse_override(item: str) -> _Override:
+    """One `--set SECTION.KEY=VALUE`: a known key and its value (YAML, or the text itself for a string key)."""
+    key, sep, raw = item.partition("=")
+    example = "e.g. --set images.concurrency=8"
+    if not sep:
+        raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE ({example})")
+    keys = tuple(k.strip() for k in key.split("."))
+    if not all(keys):
+        raise ConfigError(f"--set {item!r}: {key.strip()!r} is not SECTION.KEY (names joined by dots; {example})")
+    try:
+        annotation = _annotation_at(keys)
+    except ValueError as exc:
+        raise ConfigError(f"--set {item!r}: {exc}") from None
+    text = raw.strip()
+    if not text:
+        return _Override(item, keys, "")
+    if annotation is str and text[0] not in "\"'":  # a name or template: the text as given (`{category}` stays)
+        return _Override(item, keys, text)
+    try:
+        return _Override(item, keys, yaml.safe_load(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value {text!r} is not valid YAML ({yaml_problem(exc)}); "
+                          f"quote a string value, e.g. --set '{key.strip()}=\"...\"'") from None
+
+
+def _annotation_at(keys: tuple[str, ...]) -> Any:
+    """The type of the value at `keys` in PipelineConfig; ValueError naming the unknown key and the allowed ones."""
+    current: Any = PipelineConfig
+    for depth, key in enumerate(keys):
+        here = ".".join(keys[:depth])
+        where = f"in {here}" if here else "at the top level"
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if key not in current.model_fields:
+                raise ValueError(f"unknown key {'.'.join(keys[:depth + 1])!r}; allowed keys {where}: "
+                                 f"{', '.join(sorted(current.model_fields))}")
+            current = current.model_fields[key].annotation
+        elif typing.get_origin(current) is dict:
+            key_type, current = typing.get_args(current)
+            names = typing.get_args(key_type) if typing.get_origin(key_type) is Literal else ()
+            if names and key not in names:
+                raise ValueError(f"unknown key {'.'.join(keys[:depth + 1])!r}; allowed keys {where}: "
+                                 f"{', '.join(sorted(names))}")
+        else:
+            raise ValueError(f"{here} is a single value, not a section with keys")
+    return current
+
+
+def validate_config(data: dict[str, Any], origins: _Origins | str = "config") -> PipelineConfig:
+    """`data` as a PipelineConfig; ConfigError listing every problem with its key and where it came from."""
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, origin)) from None
+        raise ConfigError(_explain(exc, origins)) from None
 
 
-def _explain(exc: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid configuration"]
+def _explain(exc: ValidationError, origins: _Origins | str) -> str:
+    lines = ["invalid configuration"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
@@ -243,14 +385,15 @@ def _explain(exc: ValidationError, origin: str) -> str:
             msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
         elif err["type"] == "literal_error":
             msg = f"{msg} (got {err.get('input')!r})"
-        lines.append(f"  {key}: {msg}")
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        origin = origins.of(err["loc"]) if isinstance(origins, _Origins) else origins
+        lines.append(f"  {origin}: {key}: {msg}")
     return "\n".join(lines)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """Walk field annotations along `loc` to find the model that owns the last key (for 'allowed keys')."""
-    import typing
-
     current: Any = model
     for part in loc:
         if isinstance(current, type) and issubclass(current, BaseModel):

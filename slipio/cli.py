@@ -107,22 +107,46 @@ def run(app: typer.Typer, argv: Optional[Sequence[str]], prog: str) -> Any:
         raise SystemExit(130) from None
 
 
+def read_config_text(path: Path) -> str:
+    """The text of config file `path`; InputError naming the file when it is missing, unreadable or not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}" if not path.exists() else f"{path}: not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start:exc.start + 1].hex()
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{bad} at offset {exc.start}); save the file as UTF-8"
+                         ) from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error as `line N: PROBLEM` (PyYAML's own text spans several lines and quotes the input)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    return f"{where}{getattr(exc, 'problem', None) or getattr(exc, 'reason', None) or exc}"
+
+
 def read_mapping(path: Path) -> dict[str, Any]:
-    """The mapping in a YAML or JSON (`.json`) config file; InputError naming the file when it is not one."""
+    """The mapping in a YAML or JSON (`.json`) config file; InputError naming the file when it is not one.
+
+    An empty file is an empty mapping (every value from its default)."""
     import yaml  # only when a config file is given
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_config_text(path)
     try:
         loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise InputError(f"{path}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
+        raise InputError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    if loaded is None and path.suffix != ".json":
+        loaded = {}
     if not isinstance(loaded, dict):
         raise InputError(f"{path}: must hold a mapping of field: value")
     return loaded

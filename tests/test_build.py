@@ -1,8 +1,10 @@
 """`slip-etl build --source sample` end to end through the real CLI, loopback server and every stage."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +75,72 @@ def test_every_command_has_help():
                 "validate", "publish", "sample"):
         proc = slip_etl(cmd, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, cmd
+
+
+def build_again(out: Path) -> subprocess.CompletedProcess:
+    return slip_etl("build", "--category", "electronics", "--source", "sample", "--out", str(out), "--no-progress",
+                    *SMALL)
+
+
+def flip_byte(path: Path, offset: int = 700) -> None:
+    """Edit a file in place (same inode, same size), as an editor or a stray `dd conv=notrunc` would."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_edited_release_or_work_shards_are_caught_and_never_re_signed(built, tmp_path):
+    src, first = built
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    root = out / "sample-electronics"
+    release = root / "releases" / Path(first.stdout.strip().splitlines()[-1]).name
+    manifest = json.loads((release / "manifest.json").read_text())
+    tar = sorted((release / "shards").glob("*.tar"))[0]
+    work_tar = root / "work" / "shards" / "shards" / tar.name
+    want = manifest["files"][f"shards/{tar.name}"]["sha256"]
+    work_bytes = work_tar.read_bytes()
+
+    # An edited release shard: validate reports it, the work copy is untouched (no shared inode).
+    flip_byte(tar)
+    check = slip_etl("validate", str(release))
+    assert check.returncode == 1 and f"shards/{tar.name}" in check.stdout, check.stdout + check.stderr
+    assert work_tar.read_bytes() == work_bytes
+
+    # An edited work shard too: the next build re-creates both instead of saying "done" over them.
+    flip_byte(work_tar)
+    again = build_again(out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "shards   running" in again.stderr and "release  running" in again.stderr, again.stderr[-3000:]
+    assert "shards: writing 1 of" in again.stderr, "only the edited shard is rewritten"
+    assert hashlib.sha256(work_tar.read_bytes()).hexdigest() == want
+    assert Path(again.stdout.strip().splitlines()[-1]) == release
+    assert slip_etl("validate", str(release)).returncode == 0
+    rebuilt = json.loads((release / "manifest.json").read_text())
+    timed = {"stats.json", "README.md"}  # they carry the stage durations, and shards ran again
+    assert {k: v for k, v in rebuilt["files"].items() if k not in timed} == {
+        k: v for k, v in manifest["files"].items() if k not in timed}, "the original bytes and hashes"
+
+
+def test_a_moved_or_copied_dataset_root_is_used_where_it_is_now(built, tmp_path):
+    src, first = built
+    copied = tmp_path / "copied"
+    shutil.copytree(src, copied, copy_function=shutil.copyfile)  # a plain copy: new inodes, new mtimes
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(copied, moved)
+    records = moved / "sample-electronics" / "work" / "records"
+    before = {p.name: p.read_text() for p in records.glob("*.json")}
+    assert not [name for name, text in before.items() if str(src) in text], "no record names the old place"
+
+    again = build_again(moved)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "running" not in again.stderr, "nothing may be rebuilt"
+    name = Path(first.stdout.strip().splitlines()[-1]).name
+    release = moved.resolve() / "sample-electronics" / "releases" / name
+    assert again.stdout.strip().splitlines()[-1] == str(release)
+    assert {p.name: p.read_text() for p in records.glob("*.json")} == before
+    check = slip_etl("validate", str(release))
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -4,6 +4,7 @@ input, `--config FILE` under flags, and --help that never imports torch. Through
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -186,3 +187,94 @@ def test_eval_run_time_input_errors_exit_2(trained, capsys):
     assert eval_main([str(trained["run"]), "--release", str(trained["root"] / "missing")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("slip-eval: error: ") and "missing" in lines[-1]
+
+
+# Item 9 of the hostile-input issue: config files, --set and --out of slip-etl (and --config of all three CLIs).
+# Each case runs the real console script and must end in one `PROG: error:` line naming the input, exit 2.
+
+def assert_input_error(done: subprocess.CompletedProcess, prog: str, *expected: str) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"{prog}: error: "), lines
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("prog,args", [("slip-etl", ["nodes", "--source", "sample", "--out", "OUT"]),
+                                       ("slip-train", []), ("slip-eval", ["RUN"])])
+def test_config_file_that_is_not_utf8(tmp_path, prog, args):
+    config = tmp_path / "utf16.yaml"
+    config.write_bytes("steps: 1\n".encode("utf-16"))  # a BOM (0xff 0xfe) and NUL bytes: an editor's "Unicode"
+    done = cli(prog, *[str(tmp_path / "out") if a == "OUT" else a for a in args], "--config", str(config))
+    assert_input_error(done, prog, f"{config}: not UTF-8 text (byte 0xff at offset 0)", "save the file as UTF-8")
+
+
+@pytest.mark.parametrize("item,problem", [
+    ("images.concurrency=[1", "expected ',' or ']'"),
+    ("labels.split={train: 0.8, val", "expected ',' or '}'"),
+    ("images.url_rewrite=a: b: c", "mapping values are not allowed here"),
+    ("edges.top_k='5", "found unexpected end of stream"),
+])
+def test_set_with_bad_yaml_names_the_set_item(tmp_path, item, problem):
+    done = cli("slip-etl", "nodes", "--source", "sample", "--out", str(tmp_path), "--set", item)
+    line = assert_input_error(done, "slip-etl", f"--set {item!r}: the value", problem, "quote a string value")
+    assert "pipelines.yaml" not in line
+    assert not (tmp_path / "sample-electronics").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("item,expected", [
+    ("images", "--set 'images': expected SECTION.KEY=VALUE"),
+    ("images..concurrency=3", "is not SECTION.KEY"),
+    ("imagez.concurrency=3", "unknown key 'imagez'; allowed keys at the top level: base_url, categories, edges"),
+    ("images.concurency=3", "unknown key 'images.concurency'; allowed keys in images: backoff_base_s, "
+                            "backoff_max_s, chunk_rows, concurrency,"),
+    ("sources.sample.files.meta=x", "allowed keys in sources.sample.files: metadata, reviews"),
+    ("images.concurrency.max=3", "images.concurrency is a single value, not a section with keys"),
+])
+def test_set_without_equals_or_with_an_unknown_key(tmp_path, item, expected):
+    done = cli("slip-etl", "nodes", "--source", "sample", "--out", str(tmp_path), "--set", item)
+    assert_input_error(done, "slip-etl", f"--set {item!r}: ", expected)
+
+
+@pytest.mark.parametrize("where", ["file", "set"])
+def test_unknown_release_name_field_is_refused_before_any_stage(tmp_path, where):
+    config = tmp_path / "mine.yaml"
+    config.write_text('release:\n  name: "slip-{nope}"\n')
+    given = ["--config", str(config)] if where == "file" else ["--set", "release.name=slip-{nope}"]
+    done = cli("slip-etl", "fetch", "--source", "sample", "--out", str(tmp_path / "out"), *given)
+    origin = str(config) if where == "file" else "--set 'release.name=slip-{nope}'"
+    assert_input_error(done, "slip-etl", f"{origin}: release.name: unknown template field {{nope}}",
+                       "allowed: {category}")
+    assert not (tmp_path / "out" / "sample-electronics" / "work").exists()
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_out_that_is_a_file_or_below_a_file(tmp_path, below):
+    """--out naming an existing regular file, or a folder below one (what a typo in a path usually makes)."""
+    regular = tmp_path / "notes.txt"
+    regular.write_text("not a folder\n")
+    out = regular / below if below else regular
+    done = cli("slip-etl", "build", "--source", "sample", "--out", str(out))
+    assert_input_error(done, "slip-etl", f"--out {out}: {regular} is a file, not a folder")
+    assert regular.read_text() == "not a folder\n"
+
+
+def test_out_whose_dataset_root_is_a_file(tmp_path):
+    (tmp_path / "sample-electronics").write_text("")
+    done = cli("slip-etl", "build", "--source", "sample", "--out", str(tmp_path))
+    assert_input_error(done, "slip-etl", f"{tmp_path / 'sample-electronics'} is a file, not a folder")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only (chmod) folder; only a read-only mount "
+                    "stops it, and the check (create a temp file) is the same code path as the cases above")
+def test_out_that_cannot_be_written(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        done = cli("slip-etl", "build", "--source", "sample", "--out", str(locked))
+        assert_input_error(done, "slip-etl", f"--out {locked}: cannot write to {locked / 'sample-electronics'}")
+    finally:
+        locked.chmod(0o755)

@@ -1,11 +1,13 @@
 """pipelines.yaml: defaults load, bad keys and values are named with what is allowed, overrides apply."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from etl.config import ConfigError, load_config
+from etl.config import RELEASE_NAME_FIELDS, ConfigError, load_config
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -70,3 +72,48 @@ def test_overrides_and_merge(tmp_path):
     assert cfg.edges.verified_only is True  # untouched defaults survive the merge
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
         load_config(overrides=["novalue"])
+
+
+@pytest.mark.parametrize("template", ["{nope}", "{}", "{0}", "{category", "category}", "{category.upper}",
+                                      "{category:{width}}", "{category!z}"])
+def test_release_name_template_is_checked_when_the_config_loads(tmp_path, template):
+    path = _write(tmp_path, yaml.safe_dump({"release": {"name": template}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"{path}: release.name:" in msg and "{category}" in msg, msg
+    ok = load_config(_write(tmp_path, 'release:\n  name: "{category}-{{x}}-{category:>3}"\n'))
+    assert ok.release.name.format(**{f: "tv" for f in RELEASE_NAME_FIELDS}) == "tv-{x}- tv"
+
+
+def test_source_file_templates_are_checked_when_the_config_loads(tmp_path):
+    path = _write(tmp_path, "sources:\n  sample:\n    files:\n      metadata: 'meta_{category}.jsonl.gz'\n")
+    with pytest.raises(ConfigError, match=r"sources\.sample\.files: unknown template field \{category\}.*\{Category\}"):
+        load_config(path)
+
+
+def test_set_of_a_string_key_keeps_the_text(tmp_path):
+    cfg = load_config(overrides=["release.name={category}-v2", "release.version=2.0", "release.license=\"a: b\"",
+                                 "http.user_agent=bot/1.0 (+mailto:x@example.org)"])
+    assert (cfg.release.name, cfg.release.version, cfg.release.license) == ("{category}-v2", "2.0", "a: b")
+    assert cfg.http.user_agent == "bot/1.0 (+mailto:x@example.org)"
+    assert load_config(overrides=["images.concurrency=8"]).images.concurrency == 8  # other keys: YAML values
+
+
+def test_each_error_names_the_file_or_the_set_item_it_came_from(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("images:\n  concurrency: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["edges.top_k=-1", "images.shorter_side=9999"])
+    msg = str(err.value)
+    assert f"{path}: images.concurrency:" in msg
+    assert "--set 'edges.top_k=-1': edges.top_k:" in msg and "--set 'images.shorter_side=9999': images" in msg
+    assert "pipelines.yaml" not in msg
+    assert load_config(_write(tmp_path, "")) == load_config()  # an empty file: the defaults
+
+
+def test_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("release:\n  license_note: 'Données'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: not UTF-8 text \(byte 0xe9 at offset 30\)"):
+        load_config(path)

@@ -60,7 +60,9 @@ def test_fetch_end_to_end_then_nothing_downloaded_again(tmp_path: Path) -> None:
         rec = run(cfg, opts, "fetch")["fetch"]
         assert fetched(opts, M).read_bytes() == META and fetched(opts, R).read_bytes() == REVIEWS
         assert rec["counts"] == {"input": 2, "kept": 2, "rejected": {}, "filtered": {}}
-        assert rec["outputs"]["metadata"] == {"path": f"work/fetch/{M}", "bytes": len(META), "sha256": sha(META)}
+        meta_out = rec["outputs"]["metadata"]
+        assert meta_out == {"path": f"work/fetch/{M}", "bytes": len(META), "sha256": sha(META),
+                            "mtime_ns": fetched(opts, M).stat().st_mtime_ns}
         assert rec["outputs"]["reviews"]["sha256"] == sha(REVIEWS)
         assert rec["provenance"]["raw"] == [
             {"name": "metadata", "url": server.url(M), "path": M, "bytes": len(META), "sha256": sha(META)},

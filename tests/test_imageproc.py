@@ -217,13 +217,20 @@ def test_a_huge_claim_beyond_pils_own_limit_is_too_large():
     assert exc.value.status == "too_large"
 
 
-@pytest.mark.parametrize("data", [b"", b"<!doctype html><html><body>Not found</body></html>", b"GIF8",
+@pytest.mark.parametrize("data", [b"<!doctype html><html><body>Not found</body></html>", b"GIF8",
                                   b'{"error": "nope"}'])
 def test_non_images_are_not_image(data):
     assert not looks_like_image(data)
     with pytest.raises(ImageRejected) as exc:
         process_image(data, shorter_side=256)
     assert exc.value.status == "not_image"
+
+
+def test_an_empty_body_is_empty_body_never_not_image():
+    """No bytes says nothing about the image (a server hiccup): the crawler retries `empty_body`."""
+    with pytest.raises(ImageRejected) as exc:
+        process_image(b"", shorter_side=256)
+    assert exc.value.status == "empty_body"
 
 
 def _corrupt_png_crc() -> bytes:

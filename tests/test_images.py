@@ -200,6 +200,7 @@ def test_resume_refetches_only_missing_and_retriable_results(tmp_path):
         victim = next(p for p, ids in members.items() if not ids & {10, 11})  # keep the failures' first attempts
         lost = members[victim]
         victim.unlink()
+        kept_chunks = [p.name for p in chunk_paths(chunks_dir)]
         server.set_route("/10.jpg", Serve(images[10], content_type="image/jpeg"))
         server.set_route("/11.jpg", Serve(images[11], content_type="image/jpeg"))
         server.clear_log()
@@ -208,7 +209,8 @@ def test_resume_refetches_only_missing_and_retriable_results(tmp_path):
         assert requested == sorted(lost | {10, 11})
         assert second["counts"]["kept"] == 12 and second["stats"]["resumed_final"] == 12 - len(lost | {10, 11})
         assert status_of(opts)[10]["attempts"] == 3  # two in the first run, one now
-        assert [p.name for p in chunk_paths(chunks_dir)][-2:] == ["part-000003.parquet", "part-000004.parquet"]
+        new_chunks = [p.name for p in chunk_paths(chunks_dir) if p.name not in kept_chunks]
+        assert len(new_chunks) == 2 and min(new_chunks) > max(kept_chunks)  # appended after what is kept
 
         # Finished: a rerun does nothing; a lost status table is rebuilt from the chunks without a request.
         server.clear_log()
@@ -370,3 +372,31 @@ def test_sample_catalog_images_through_the_cdn_rewrite(tmp_path):
         else:
             assert row["status"] == expected.get(asin, "ok"), row
     assert sum(row["status"] == "ok" for row in by_asin.values()) >= len(by_asin) - 8
+
+
+def test_an_empty_200_body_is_retried_and_counted_retriable_never_not_image(tmp_path):
+    """A 200 with no bytes (a server restarting, a file being rewritten) is a transfer failure, not a verdict."""
+    good = jpeg(3)
+    routes = {
+        "/blip.jpg": fail_then(2, Serve(b"", content_type="image/jpeg"), Serve(good, content_type="image/jpeg")),
+        "/void.jpg": Serve(b"", content_type="image/jpeg"),
+    }
+    with FaultServer(routes) as server:
+        urls = {0: server.url("/blip.jpg"), 1: server.url("/void.jpg")}
+        cfg = load_config(overrides=FAST + ["images.retries=2"])
+        opts = make_opts(tmp_path, allow_hosts=("127.0.0.1",))
+        seed_upstream(tmp_path, cfg, opts, urls)
+        record = run(cfg, opts, "images")["images"]
+        got = status_of(opts)
+        assert (got[0]["status"], got[0]["attempts"]) == ("ok", 3)
+        assert (got[1]["status"], got[1]["http_status"], got[1]["attempts"]) == ("empty_body", 200, 3)
+        assert "empty" in got[1]["error"]
+        assert record["counts"]["rejected"] == {"empty_body": 1}
+        assert len(server.hits("/void.jpg")) == 3
+
+        # Retriable across runs too: once the file is back, `images --force` fetches exactly that node again.
+        server.set_route("/void.jpg", Serve(jpeg(4), content_type="image/jpeg"))
+        server.clear_log()
+        again = run(cfg, opts, "images", force=("images",))["images"]
+        assert [r.path for r in server.requests] == ["/void.jpg"]
+        assert again["counts"]["kept"] == 2 and status_of(opts)[1]["attempts"] == 4

@@ -9,12 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import schemas
 from etl.config import load_config
 from etl.core.stage import RunOptions, run_stages
 from etl.harness import adopt_stage
 from etl.parse import jsonl
 from etl.stages import STAGES
+from helpers.tables import write_nodes, write_quarantine
 
 SCHEMA = {"user_id": pl.String, "parent_asin": pl.String, "verified_purchase": pl.Boolean,
           "helpful_vote": pl.Int64, "tags": pl.List(pl.String)}
@@ -53,6 +53,13 @@ def test_decode_line_is_the_one_rule() -> None:
         assert jsonl.decode_line(raw) == (None, jsonl.BAD_JSON), raw
     for raw in (b"null", b"[1, 2]", b'"text"', b"12", b"true"):
         assert jsonl.decode_line(raw) == (None, jsonl.NOT_AN_OBJECT), raw
+    # Text no UTF-8 column can hold: a lone surrogate escape anywhere (a value, a key, nested), UTF-8 bytes of one.
+    for raw in (rb'{"a": "\ud800"}', rb'{"a": "x\uDFFFy"}', rb'{"\udbff": 1}', rb'{"a": {"b": ["\ude00\ud83d"]}}'):
+        assert jsonl.decode_line(raw) == (None, jsonl.BAD_TEXT), raw
+    assert jsonl.decode_line(b'{"a": "\xed\xa0\x80"}') == (None, jsonl.BAD_JSON)
+    assert jsonl.decode_line(rb'{"a": "\ud83d\ude00"}') == ({"a": "\U0001F600"}, None)
+    assert jsonl.decode_line(rb'{"a": "\\ud800"}') == ({"a": "\\ud800"}, None)  # an escaped backslash, then text
+    assert jsonl.decode_line(b'\xef\xbb\xbf{"a": 1}') == ({"a": 1}, None)  # a UTF-8 byte order mark
 
 
 def mixed_lines(n: int = 400) -> tuple[list[bytes], dict[int, str]]:
@@ -70,7 +77,8 @@ def mixed_lines(n: int = 400) -> tuple[list[bytes], dict[int, str]]:
         lines.append(json.dumps(obj).encode())
     for line_no, raw, reason in ((3, b'{"user_id": ', "bad_json"), (50, b"null", "not_an_object"),
                                  (51, b"[1]", "not_an_object"), (120, b'{"user_id": "\xff\xfe"}', "bad_json"),
-                                 (250, b'{"a": 1} {"b": 2}', "bad_json"), (399, b'"str"', "not_an_object")):
+                                 (250, b'{"a": 1} {"b": 2}', "bad_json"), (399, b'"str"', "not_an_object"),
+                                 (300, rb'{"user_id": "U\ud800", "parent_asin": "B000000300"}', "bad_text")):
         lines[line_no - 1] = raw
         bad[line_no] = reason
     return lines, bad
@@ -123,19 +131,8 @@ def adopt_inputs(tmp_path: Path, review_lines: list[bytes]):
     meta = files / "meta.jsonl.gz"
     meta.write_bytes(gzip.compress(b"{}\n"))
     adopt_stage(cfg, opts, "fetch", {"metadata": meta, "reviews": write(files / "reviews.jsonl.gz", review_lines)})
-    n = len(ASINS)
-    nodes = pl.DataFrame({
-        "node_id": list(range(n)), "asin": ASINS, "title": ["t"] * n, "features": [[]] * n, "description": [""] * n,
-        "store": [None] * n, "main_category": [None] * n, "category_path": [[]] * n, "price": [None] * n,
-        "average_rating": [None] * n, "rating_number": [None] * n, "image_url": ["https://x/y.jpg"] * n,
-        "also_buy": [[]] * n, "also_view": [[]] * n,
-    }, schema_overrides={"features": pl.List(pl.String), "category_path": pl.List(pl.String),
-                         "also_buy": pl.List(pl.String), "also_view": pl.List(pl.String), "price": pl.Float64,
-                         "average_rating": pl.Float64, "rating_number": pl.Int64, "store": pl.String,
-                         "main_category": pl.String})
-    nodes_path, quarantine = files / "nodes.parquet", files / "quarantine.parquet"
-    pl.from_arrow(schemas.conform(nodes.to_arrow(), "nodes")).write_parquet(nodes_path)
-    pl.from_arrow(schemas.arrow_schema("quarantine").empty_table()).write_parquet(quarantine)
+    nodes_path = write_nodes(files / "nodes.parquet", len(ASINS), asins=ASINS)
+    quarantine = write_quarantine(files / "quarantine.parquet")
     adopt_stage(cfg, opts, "nodes", {"nodes": nodes_path, "quarantine": quarantine})
     return cfg, opts
 

@@ -11,13 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # lower number = lower layer; a module may import its own package and packages of a strictly lower layer
 LAYERS = {
-    "slipio": 0, "schemas": 0, "etl.config": 0, "etl.sample": 0,
-    "etl.core": 1,
-    "etl.parse": 2, "etl.net": 2, "etl.graph": 2, "etl.release": 2,
-    "etl.imaging": 3,
-    "etl.stages": 4,
-    "etl.summary": 5, "etl.harness": 5,
-    "etl.cli": 6,
+    "slipio": 0, "schemas": 0,
+    "etl.config": 1, "etl.sample": 1,
+    "etl.core": 2,
+    "etl.parse": 3, "etl.net": 3, "etl.graph": 3, "etl.release": 3,
+    "etl.imaging": 4,
+    "etl.stages": 5,
+    "etl.summary": 6, "etl.harness": 6,
+    "etl.cli": 7,
 }
 OURS = ("etl", "trainer", "slipio", "schemas")
 

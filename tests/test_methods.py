@@ -59,12 +59,7 @@ def assets(tmp_path_factory):
     return make_train_assets(tmp_path_factory.mktemp("methods"), n_nodes=120)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_a_method_defined_in_a_test_trains_logs_its_term_and_its_head_gets_gradients(assets, toy, tmp_path):

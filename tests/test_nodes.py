@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +282,59 @@ def test_unreadable_input_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(StageError, match="cannot read"):
         run_nodes(tmp_path, path)
+
+
+def slip_etl(*args: str) -> subprocess.CompletedProcess:
+    """The real `slip-etl` console script (or its entry point where the script is not installed)."""
+    script = Path(sys.executable).parent / "slip-etl"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from etl.cli import main; "
+                                                                         "sys.exit(main())"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
+
+
+def error_line(stderr: str) -> str:
+    """The one error line, last on stderr (after the stages' log lines), with no traceback."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and [x for x in lines if "error" in x] == lines[-1:], stderr
+    assert lines[-1].startswith("slip-etl: error: "), stderr
+    return lines[-1]
+
+
+def mirror_with_metadata(folder: Path, metadata: bytes) -> Path:
+    """A local mirror of the 2023 source whose metadata file holds `metadata` (the reviews file is fine)."""
+    (folder / META_2023).parent.mkdir(parents=True)
+    (folder / META_2023).write_bytes(metadata)
+    (folder / REVIEWS_2023).parent.mkdir(parents=True)
+    (folder / REVIEWS_2023).write_bytes(gzip.compress(b'{"parent_asin": "B000000001", "user_id": "U"}\n'))
+    return folder
+
+
+def test_metadata_that_is_not_gzip_fails_at_nodes_naming_its_first_bytes(tmp_path: Path) -> None:
+    page = b"<!DOCTYPE html>\r\n<html><title>503 Service Unavailable</title>\\" + b"x" * 4000
+    mirror = mirror_with_metadata(tmp_path / "mirror", page)
+    done = slip_etl("nodes", "--source", "amazon-2023", "--mirror", str(mirror), "--out", str(tmp_path / "out"),
+                    "--no-progress")
+    assert done.returncode == 1, done.stderr  # a stage failure, as every StageError
+    line = error_line(done.stderr)
+    assert "meta_Electronics.jsonl.gz is not gzip" in line
+    # the first 64 bytes, printable: CR LF and the backslash escaped
+    assert '(starts with "<!DOCTYPE html>\\x0d\\x0a<html><title>503 Service Unavailable</title>\\x5cxx")' in line
+    assert "work/records/fetch.json" in line
+    assert not (tmp_path / "out" / "amazon-2023-electronics" / "work" / "records" / "nodes.json").exists()
+
+
+def test_truncated_gzip_says_what_to_check_not_only_to_fetch_again(tmp_path: Path) -> None:
+    whole = gzip.compress("\n".join(record(f"B{i:09d}") for i in range(3000)).encode())
+    mirror = mirror_with_metadata(tmp_path / "mirror", whole[: len(whole) // 2])
+    done = slip_etl("nodes", "--source", "amazon-2023", "--mirror", str(mirror), "--out", str(tmp_path / "out"),
+                    "--no-progress")
+    assert done.returncode == 1, done.stderr
+    line = error_line(done.stderr)
+    assert line.startswith("slip-etl: error: cannot read ") and "meta_Electronics.jsonl.gz" in line
+    assert "truncated or corrupt" in line
+    # --force fetch alone would copy the same bytes from the mirror: the hint says to check the origin first
+    assert "size and sha256" in line and "--mirror" in line and "work/records/fetch.json" in line
+    assert "original source" in line
 
 
 def test_reads_gzip_without_isal_and_plain_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,7 @@ from helpers.upstream import make_upstream
 def release(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("publish")
     cfg, opts = make_upstream(tmp)
-    return Path(run(cfg, opts, "release")["release"]["stats"]["release_dir"])
+    return opts.dataset_root / run(cfg, opts, "release")["release"]["stats"]["release_dir"]  # relative to the root
 
 
 def release_files(folder: Path) -> dict[str, str]:
@@ -168,3 +168,66 @@ def test_hub_refusal_becomes_a_clear_error_without_the_token(release, tmp_path):
     assert secret not in proc.stdout + proc.stderr
     assert RefusingHub.seen and RefusingHub.seen[0].get("authorization") == f"Bearer {secret}", \
         "the token comes from the environment"
+
+
+def slip_etl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "etl.cli", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, env={**os.environ}, timeout=120)
+
+
+def everything_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_manifest_paths_that_escape_are_refused_and_nothing_is_written(release, tmp_path):
+    """'../secret.txt', an absolute host path and a listed symlink, each signed with its real hash: publish
+    refuses the release and writes nothing, neither beside DEST (DEST/../secret.txt) nor inside it."""
+    hostile = tmp_path / "hostile"
+    shutil.copytree(release, hostile)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    (hostile / "linked.bin").symlink_to(secret)
+    manifest = json.loads((hostile / "manifest.json").read_text())
+    for rel in ("../secret.txt", str(secret), "linked.bin"):
+        manifest["files"][rel] = {"bytes": secret.stat().st_size,
+                                  "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()}
+    (hostile / "manifest.json").write_text(json.dumps(manifest))
+    published = tmp_path / "published"
+    published.mkdir()
+    before = release_files(hostile)
+    for extra in ([], ["--dry-run"]):
+        proc = slip_etl("publish", str(hostile), "--to", str(published / "dest"), *extra)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "is not a valid release" in proc.stderr
+        for rel in ("../secret.txt", str(secret), "linked.bin"):
+            assert f"lists {rel!r}, which is not a safe release path" in proc.stderr, proc.stderr
+    assert everything_under(published) == []
+    assert release_files(hostile) == before
+
+
+@pytest.mark.parametrize("where", ["itself", "inside", "shards", "contains", "file", "file_on_the_way", "file_url"])
+def test_destinations_that_overlap_the_release_or_are_files(release, tmp_path, where):
+    """Each is refused as bad input (exit 2, one line, no traceback) before anything is written anywhere."""
+    source = tmp_path / "data" / "releases" / release.name
+    shutil.copytree(release, source)
+    (tmp_path / "a-file").write_text("not a folder")
+    dest, message = {
+        "itself": (str(source), "is the release itself"),
+        "inside": (str(source / "copy"), "lies inside the release"),
+        "shards": (str(source / "shards"), "lies inside the release"),
+        "contains": (str(tmp_path / "data"), "contains the release"),
+        "file": (str(tmp_path / "a-file"), "is an existing file, not a folder"),
+        "file_on_the_way": (str(tmp_path / "a-file" / "dest"), "has a file on its way"),
+        "file_url": (f"file://{source / 'copy'}", "lies inside the release"),
+    }[where]
+    before = release_files(source)
+    outside = everything_under(tmp_path)
+    for extra in ([], ["--dry-run"]) if where == "inside" else ([],):
+        proc = slip_etl("publish", str(source), "--to", dest, *extra)
+        assert proc.returncode == 2, (proc.returncode, proc.stderr)
+        assert proc.stderr.startswith(f"slip-etl: error: --to {dest}: {message}"), proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stdout == ""
+    assert release_files(source) == before and validate_release(source) == []
+    assert everything_under(tmp_path) == outside

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 import schemas
-from etl.core.stage import StageError
+from etl.core.stage import StageError, describe_output
 from etl.harness import run
 from etl.release.validate import validate_release
 from etl.summary import print_summary
@@ -31,7 +31,7 @@ def released(tmp_path_factory):
 def test_release_folder_manifest_and_tables(released):
     cfg, opts, records = released
     folder = opts.dataset_root / "releases" / "1.0.0"
-    assert records["release"]["stats"]["release_dir"] == str(folder.resolve())
+    assert records["release"]["stats"]["release_dir"] == "releases/1.0.0", "relative: the dataset root may move"
     assert validate_release(folder) == []
     manifest = json.loads((folder / "manifest.json").read_text())
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
@@ -58,7 +58,8 @@ def test_release_folder_manifest_and_tables(released):
     assert {n for n, s in status.items() if s == "ok"} == expected_samples()
     assert status[CORRUPT_NODE] == "unusable" and status[5] == "http_error"
     work_tar = next((opts.work_dir / "shards" / "shards").glob("*.tar"))
-    assert os.stat(work_tar).st_ino == os.stat(folder / "shards" / work_tar.name).st_ino, "tars are hard-linked"
+    assert os.stat(work_tar).st_ino != os.stat(folder / "shards" / work_tar.name).st_ino, "tars are copies"
+    assert work_tar.read_bytes() == (folder / "shards" / work_tar.name).read_bytes()
 
 
 def test_card_front_matter_plots_and_stats(released):
@@ -119,7 +120,11 @@ def test_forced_rebuild_of_the_same_release_replaces_it(tmp_path):
 def test_a_release_failing_validation_is_not_put_in_place(tmp_path):
     cfg, opts = make_upstream(tmp_path)
     labels = opts.work_dir / "labels" / "labels.json"
-    labels.write_text(labels.read_text().replace('"Group 2"', '"Group X"'))  # same size: the record still matches
+    labels.write_text(labels.read_text().replace('"Group 2"', '"Group X"'))
+    # A labels stage that wrote this itself (an edited file alone is refused before assembly: see below).
+    record = json.loads((opts.work_dir / "records" / "labels.json").read_text())
+    record["outputs"]["labels"] = describe_output(opts.dataset_root, labels)
+    (opts.work_dir / "records" / "labels.json").write_text(json.dumps(record))
     with pytest.raises(StageError, match="failed validation") as err:
         run(cfg, opts, "release")
     assert "label 2 is named" in str(err.value)
@@ -140,3 +145,34 @@ def test_stats_summary_of_dataset_root_and_release(released, capsys, tmp_path):
     assert "release slip-amazon-electronics 1.0.0" in text and "degree mean" in text
     with pytest.raises(FileNotFoundError):
         print_summary(tmp_path / "nothing-here")
+
+
+def test_a_work_file_edited_behind_the_records_back_is_refused_not_signed(tmp_path):
+    """Same size, mtime put back: the skip check cannot see it, but the release checks every byte it takes in."""
+    cfg, opts = make_upstream(tmp_path)
+    run(cfg, opts, "shards")
+    work_tar = sorted((opts.work_dir / "shards" / "shards").glob("*.tar"))[0]
+    st = work_tar.stat()
+    with open(work_tar, "r+b") as f:  # in place, as an editor or a stray `dd` would
+        f.seek(700)
+        byte = f.read(1)
+        f.seek(700)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(work_tar, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(StageError) as err:
+        run(cfg, opts, "release")
+    message = str(err.value)
+    assert f"{work_tar} is not the file the shards stage wrote" in message and "slip-etl shards --force" in message
+    releases = opts.dataset_root / "releases"
+    assert not (releases / "1.0.0").exists() and not list(releases.iterdir()), "nothing half-built is left"
+
+    # The same for a table the release reads rather than copies.
+    run(cfg, opts, "shards", force=("shards",))
+    node_filter = opts.work_dir / "edges" / "node_filter.parquet"
+    st = node_filter.stat()
+    data = bytearray(node_filter.read_bytes())
+    data[-10] ^= 0x01  # inside the footer: still the same size
+    node_filter.write_bytes(bytes(data))
+    os.utime(node_filter, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(StageError, match="is not the file the edges stage wrote"):
+        run(cfg, opts, "release")

@@ -13,6 +13,7 @@ import schemas
 from etl.harness import adopt_stage, load_config, make_opts, run
 from etl.sample import generate_catalog
 from etl.stages import reviews
+from helpers.tables import write_nodes, write_quarantine
 
 A, B, C, D = "B00000000A", "B00000000B", "B00000000C", "B00000000D"  # C: filtered by the graph; D: no node
 
@@ -39,19 +40,8 @@ def setup_stage(tmp_path: Path, review_lines: list[str], asins: list[str], kept:
         fetch["reviews"] = path
     adopt_stage(cfg, opts, "fetch", fetch)
     n = len(asins)
-    node_table = pl.DataFrame({
-        "node_id": list(range(n)), "asin": asins, "title": ["t"] * n, "features": [[]] * n, "description": [""] * n,
-        "store": [None] * n, "main_category": [None] * n, "category_path": [[]] * n, "price": [None] * n,
-        "average_rating": [None] * n, "rating_number": [None] * n, "image_url": ["https://x/y.jpg"] * n,
-        "also_buy": [[]] * n, "also_view": [[]] * n,
-    }, schema_overrides={"features": pl.List(pl.String), "category_path": pl.List(pl.String),
-                         "also_buy": pl.List(pl.String), "also_view": pl.List(pl.String), "price": pl.Float64,
-                         "average_rating": pl.Float64, "rating_number": pl.Int64, "store": pl.String,
-                         "main_category": pl.String})
-    nodes_path = files / "nodes.parquet"
-    pl.from_arrow(schemas.conform(node_table.to_arrow(), "nodes")).write_parquet(nodes_path)
-    quarantine = files / "quarantine.parquet"
-    pl.from_arrow(schemas.arrow_schema("quarantine").empty_table()).write_parquet(quarantine)
+    nodes_path = write_nodes(files / "nodes.parquet", n, asins=asins)
+    quarantine = write_quarantine(files / "quarantine.parquet")
     adopt_stage(cfg, opts, "nodes", {"nodes": nodes_path, "quarantine": quarantine})
     node_filter = files / "node_filter.parquet"
     pl.DataFrame({"node_id": list(range(n)), "kept": kept,

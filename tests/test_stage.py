@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,34 @@ def test_a_stage_version_must_be_a_non_empty_string():
     for bad in ("", None, 3):
         with pytest.raises(StageError, match="VERSION must be a non-empty string"):
             StageSpec("x", lambda bad=bad: bad, _produce).version
+
+
+def test_an_in_place_edit_reruns_a_stage_a_touch_or_a_copy_does_not(env):
+    """Same size is not the same bytes: an edited output re-runs its stage; a new mtime alone (a copy, `touch`)
+    costs one hash and no run."""
+    cfg, opts = env
+    run_stages(["down"], STAGES, cfg, opts)
+    out = opts.work_dir / "up" / "a.txt"
+    original = out.read_bytes()
+    os.utime(out, ns=(0, 1_000_000_000))  # touched: same bytes
+    run_stages(["down"], STAGES, cfg, opts)
+    assert CALLS == ["up", "down"]
+    out.write_bytes(original.replace(b"up", b"UP"))  # edited in place, same size
+    run_stages(["down"], STAGES, cfg, opts)
+    assert CALLS == ["up", "down", "up"], "only the edited stage runs; it wrote the same bytes again"
+    assert out.read_bytes() == original
+
+
+def test_a_record_path_outside_the_dataset_root_is_never_followed(env, tmp_path):
+    cfg, opts = env
+    run_stages(["down"], STAGES, cfg, opts)
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("up:1.0\n")
+    record = load_record(opts, "up")
+    record["outputs"]["a"]["path"] = "../elsewhere.txt"
+    atomic.write_json(opts.work_dir / "records" / "up.json", record)
+    run_stages(["down"], STAGES, cfg, opts)
+    assert CALLS == ["up", "down", "up"], "a record naming an unsafe path is not done"
+    ctx = StageContext("down", cfg, opts, opts.work_dir / "down", {"up": record})
+    with pytest.raises(StageError, match=r"unsafe path .*'\.\.' segments.*rerun that stage with --force"):
+        ctx.input("up", "a")

@@ -44,7 +44,8 @@ VOLATILE_COLUMNS = {"fetched_at", "attempts"}  # per-attempt timings of the imag
 # JSON keys whose values are timings, creation times, absolute paths, loopback URLs (a random port) or hashes of
 # raw file bytes (which carry timings or the Parquet writer's version); everything else is compared.
 VOLATILE_KEYS = {"created_at", "started_at", "finished_at", "duration_s", "timings_s", "this_run", "elapsed_s",
-                 "release_dir", "base", "url", "url_rewrite", "fingerprints", "stage_versions"}
+                 "release_dir", "base", "url", "url_rewrite", "fingerprints", "stage_versions",
+                 "executor"}  # where images/shards ran (local or Ray, how many workers): not what they wrote
 ADDRESS = re.compile(r"0x[0-9a-fA-F]+|127\.0\.0\.1:\d+")
 
 

@@ -2,9 +2,14 @@
 agreeing, and the cheap pre-checks never skipping a value that needs work."""
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
 import polars as pl
 import pytest
 
+from etl.harness import adopt_stage, load_config, make_opts, run
 from etl.parse import text
 from etl.stages import nodes
 
@@ -31,6 +36,8 @@ CASES = [
     ("a\u00a0\u00a0b\u2028c\r\nd\te", "a b c d e"),
     ("zero\u200bwidth\ufeff soft\u00adhyphen ctl\x00\x07x", "zerowidth softhyphen ctlx"),
     ("\u00c2\u00a0nbsp mojibake", "nbsp mojibake"),
+    ("USB\u202e\u2066cable\u2069\u202c", "USBcable"),                 # bidi override + isolate
+    ("a\u202ab\u202bc\u202cd\u202de\u2067f\u2068g\u200eh\u200fi\u061cj", "abcdefghij"),
     ("", ""),
     ("plain words stay", "plain words stay"),
 ]
@@ -114,3 +121,31 @@ def test_step_expressions_are_usable_on_their_own() -> None:
     assert out["moji"].to_list()[1] == "Caf\u00e9"
     assert out["ws"].to_list()[2] == "x y"
     assert out["cap"].to_list()[1] == "Caf"
+
+
+BIDI = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e",
+        "\u200f", "\u061c"]
+
+
+def test_bidi_controls_are_stripped_from_titles_and_features_by_the_nodes_stage(tmp_path: Path) -> None:
+    """A title that would display reversed ("USB cable" + U+202E + "gpj.exe") and features wrapped in isolates,
+    through the real nodes stage (gzip JSON lines in, nodes.parquet out); a title of bidi controls alone is
+    no title."""
+    def line(asin: str, title: str, features: list[str]) -> str:
+        return json.dumps({"parent_asin": asin, "title": title, "features": features, "description": [],
+                           "images": [{"large": f"https://img/{asin}.jpg", "variant": "MAIN"}]})
+
+    lines = [line("B000000001", "USB cable \u202egpj.exe", ["\u2066fast\u2069 charging", "\u202dlong\u202c"]),
+             line("B000000002", "".join(f"plain{c}" for c in BIDI), ["".join(BIDI) + "x"]),
+             line("B000000003", "".join(BIDI), ["y"])]
+    metadata = tmp_path / "meta.jsonl.gz"
+    metadata.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    cfg, opts = load_config(), make_opts(tmp_path, source="amazon-2023")
+    adopt_stage(cfg, opts, "fetch", {"metadata": metadata})
+    rec = run(cfg, opts, "nodes")["nodes"]
+    df = pl.read_parquet(opts.dataset_root / rec["outputs"]["nodes"]["path"])
+    assert df.select("asin", "title", "features").rows() == [
+        ("B000000001", "USB cable gpj.exe", ["fast charging", "long"]),
+        ("B000000002", "plain" * len(BIDI), ["x"]),
+    ]
+    assert rec["counts"]["rejected"] == {"no_title": 1}

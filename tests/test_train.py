@@ -27,14 +27,7 @@ from trainer.synthetic import write_tar
 STEPS, CKPT_EVERY = 24, 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: a second intra-op thread only adds contention (and keeps in-process runs comparable with
-    the OMP_NUM_THREADS=1 subprocess)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from helpers.upstream import make_upstream
 def good(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("validate")
     cfg, opts = make_upstream(tmp)
-    return Path(run(cfg, opts, "release")["release"]["stats"]["release_dir"])
+    return opts.dataset_root / run(cfg, opts, "release")["release"]["stats"]["release_dir"]  # relative to the root
 
 
 @pytest.fixture()
@@ -145,3 +145,87 @@ def test_cli_exit_codes(good, release):
     shard(release).unlink()
     bad = validate(release)
     assert bad.returncode == 1 and "PROBLEM shards/" in bad.stdout
+
+
+def _sign(manifest: dict, rel: str, target: Path) -> None:
+    """List `rel` in the manifest with the real bytes and sha256 of `target`, as a hostile builder would."""
+    data = target.read_bytes()
+    manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_manifest_paths_that_escape_the_release(release, tmp_path):
+    """'..', an absolute path and a listed symlink, each signed with the real hash, are each one problem line."""
+    secret = release.parent / "secret.txt"
+    secret.write_text("host secret next to the release")
+    host = tmp_path / "host" / "passwd"
+    host.parent.mkdir()
+    host.write_text("root:x:0:0::/root:/bin/sh\n")
+    (release / "linked.txt").symlink_to(secret)
+    manifest = json.loads((release / "manifest.json").read_text())
+    _sign(manifest, "../secret.txt", secret)
+    _sign(manifest, str(host), host)  # absolute
+    _sign(manifest, "linked.txt", secret)
+    (release / "manifest.json").write_text(json.dumps(manifest))
+    problems = validate_release(release)
+    assert sorted(problems) == sorted([
+        f"manifest.json: lists {str(host)!r}, which is not a safe release path (must be relative, not absolute); "
+        "list only regular files inside the release",
+        "manifest.json: lists '../secret.txt', which is not a safe release path (must not contain '..' segments); "
+        "list only regular files inside the release",
+        "manifest.json: lists 'linked.txt', which is not a safe release path ('linked.txt' is a symlink; symlinks "
+        "are not allowed); list only regular files inside the release",
+    ]), problems
+
+
+def test_unlisted_symlink_and_fifo_inside_the_release(release):
+    """Nothing but regular files and folders may sit in a release, listed or not; a FIFO is never opened."""
+    (release / "shards" / "leak.tar").symlink_to("/etc/hostname")
+    os.mkfifo(release / "pipe")
+    problems = validate_release(release)  # would block forever if it opened the FIFO
+    assert problems == ["pipe: not a regular file (a FIFO); a release holds only regular files and folders",
+                        "shards/leak.tar: not a regular file (a symlink); a release holds only regular files and "
+                        "folders"], problems
+
+
+def _set_manifest(folder: Path, **fields: str) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(fields)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_version_edited_alone_is_reported(good, release):
+    """Only the manifest's version changes (nothing re-signed: manifest.json is not listed in itself)."""
+    name = json.loads((good / "manifest.json").read_text())["name"]
+    _set_manifest(release, version="9.9.9")
+    problems = validate_release(release)
+    assert problems == [
+        f"manifest.json: version '9.9.9' does not match the card's pretty_name ('{name} {good.name}', version "
+        f"'{good.name}')",
+        f"manifest.json: version '9.9.9' does not match the card's title ('{name} {good.name}', version "
+        f"'{good.name}')",
+    ], problems
+    # in the build layout the folder's name is checked as well
+    laid_out = release.parent / "releases" / good.name
+    laid_out.parent.mkdir()
+    release.rename(laid_out)
+    problems = validate_release(laid_out)
+    assert f"manifest.json: version '9.9.9' does not match the release folder's name '{good.name}'" in problems
+
+
+def test_manifest_name_edited_alone_is_reported(good, release):
+    name = json.loads((good / "manifest.json").read_text())["name"]
+    _set_manifest(release, name="someone-else")
+    problems = validate_release(release)
+    assert problems == [
+        f"manifest.json: name 'someone-else' does not match the card's pretty_name ('{name} {good.name}', name "
+        f"'{name}')",
+        f"manifest.json: name 'someone-else' does not match the card's title ('{name} {good.name}', name "
+        f"'{name}')",
+    ], problems
+
+
+def test_release_folder_renamed_to_another_version(good, tmp_path):
+    moved = tmp_path / "releases" / "2.0.0"
+    shutil.copytree(good, moved)
+    assert validate_release(moved) == [
+        f"manifest.json: version '{good.name}' does not match the release folder's name '2.0.0'"]

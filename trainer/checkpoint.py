@@ -3,53 +3,113 @@
 A checkpoint is everything needed to continue a run bit-for-bit on CPU: weights, optimizer, scaler, step,
 samples seen, RNG states, the data position and the resolved config. It holds only tensors and plain Python
 values, so it loads with `torch.load(weights_only=True)`.
+
+A run folder is untrusted input: a checkpoint may be truncated (copied while written, a full disk) or not a
+checkpoint at all, and a name in RUN/checkpoints may be a planted symlink. `load_checkpoint` turns every such file
+into one `CheckpointError` naming it, the listing skips entries that are not regular files inside the run, and
+`load_newest` falls back past unreadable newer checkpoints (for `--resume latest`).
 """
 from __future__ import annotations
 
+import logging
 import random
 import re
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from slipio import atomic
+from slipio.paths import UnsafePath, resolve_inside
+from trainer.config import TrainSetupError
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_NAME = "open_clip_state_dict.pt"
 _STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+UNREADABLE_SUFFIX = ".unreadable"  # an unreadable checkpoint set aside by a fallback resume (kept to inspect)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+log = logging.getLogger("slip-train")
+
+
+class CheckpointError(TrainSetupError):
+    """A checkpoint that cannot be used: truncated, not a checkpoint, another format, or an unsafe path."""
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}.pt"
 
 
+def _inside(run_dir: Path, rel: str, kind: Literal["file", "dir"] = "file") -> Path:
+    """`run_dir / rel`, refused (CheckpointError) when it is a symlink, not a regular file, or escapes the run."""
+    try:
+        return resolve_inside(Path(run_dir), rel, kind=kind)
+    except UnsafePath as exc:
+        raise CheckpointError(f"run folder {run_dir}: {exc}") from None
+
+
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the run's step checkpoints, oldest first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    """(step, path) of the run's step checkpoints, oldest first; a step name that is not a regular file inside
+    the run (a symlink, a folder) is logged and left out."""
+    folder = _inside(run_dir, CHECKPOINT_DIR, kind="dir")
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    found = []
+    for entry in folder.iterdir():
+        if (m := _STEP_FILE.match(entry.name)) is None:
+            continue
+        try:
+            found.append((int(m.group(1)), _inside(run_dir, f"{CHECKPOINT_DIR}/{entry.name}")))
+        except CheckpointError as exc:
+            log.warning("%s: not used as a checkpoint", exc)
     return sorted(found)
 
 
 def resolve_checkpoint(run_dir: Path, which: str = "latest") -> Path:
-    """'latest' (highest step in RUN/checkpoints), a step number, or a path."""
+    """'latest' (highest step in RUN/checkpoints), a step number (a file inside the run), or a path."""
     if which == "latest":
         found = list_checkpoints(run_dir)
         if not found:
             raise FileNotFoundError(f"no step checkpoint in {Path(run_dir) / CHECKPOINT_DIR}")
         return found[-1][1]
     if which.isdigit():
-        path = checkpoint_path(run_dir, int(which))
+        path = _inside(run_dir, f"{CHECKPOINT_DIR}/{checkpoint_path(run_dir, int(which)).name}")
     else:
-        path = Path(which)
+        path = Path(which)  # a path the user typed: theirs to choose
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
+
+
+def load_newest(run_dir: Path, map_location: str | torch.device = "cpu"
+                ) -> tuple[Path, dict[str, Any], list[tuple[Path, str]]]:
+    """(path, state, skipped): the newest step checkpoint that loads, and each newer one with why it did not.
+
+    A run killed while a checkpoint was copied, or a disk that filled up, leaves the newest one unreadable; the
+    one before it is the run's last good state. No checkpoint that loads is a CheckpointError listing each."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"no step checkpoint in {Path(run_dir) / CHECKPOINT_DIR}")
+    skipped: list[tuple[Path, str]] = []
+    for _, path in reversed(found):
+        try:
+            return path, load_checkpoint(path, map_location=map_location), skipped
+        except CheckpointError as exc:
+            skipped.append((path, str(exc)))
+    raise CheckpointError(f"no checkpoint in {Path(run_dir) / CHECKPOINT_DIR} loads: "
+                          f"{'; '.join(problem for _, problem in skipped)}")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint to `NAME.unreadable`: kept to inspect, out of the listing (so keep-last
+    pruning never keeps it in place of a good one, and a resumed run can write that step again)."""
+    target = Path(path).with_name(Path(path).name + UNREADABLE_SUFFIX)
+    Path(path).replace(target)
+    return target
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -69,11 +129,39 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint's state; a file that is truncated, not a checkpoint or of another format is a
+    CheckpointError naming it (slip-train / slip-eval print it as one line and exit 2)."""
+    path = Path(path)
+    problem = _file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # damaged bytes fail anywhere in the unpickler (IndexError, EOFError, RuntimeError...)
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({detail[:200]}); it is damaged or not a "
+                              "slip-train checkpoint") from None
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {version!r}, this trainer reads {FORMAT_VERSION}")
+        raise CheckpointError(f"checkpoint {path}: format {version!r}, this trainer reads {FORMAT_VERSION} (not a "
+                              "slip-train checkpoint, or one of another version)")
     return state
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a checkpoint, judged from its bytes before torch reads them (None = try to load)."""
+    if not path.is_file():
+        return "not a file"
+    with open(path, "rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if not head:
+        return "empty file (the write was cut short); use an older checkpoint"
+    if head != _ZIP_MAGIC:
+        return "not a slip-train checkpoint (not a torch zip archive)"
+    if not zipfile.is_zipfile(path):
+        return "truncated (the zip archive's end is missing: the write or copy was cut short); use an older " \
+               "checkpoint"
+    return None
 
 
 def capture_rng_state() -> dict[str, Any]:

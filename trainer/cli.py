@@ -170,8 +170,16 @@ def spread_list_values(argv: Sequence[str], list_flags: set[str]) -> list[str]:
     return out
 
 
+def _quiet_dependency_warnings() -> None:
+    """torch_geometric's import-time `torch.jit.script` FutureWarning is nothing a user can act on; stderr stays
+    for the command's own messages (a bad input is one line)."""
+    import warnings
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of `slip-train`; returns the exit status (2 = bad input, 1 = no valid sample)."""
+    """Entry point of `slip-train`; returns the exit status (2 = bad input, 1 = no valid sample or a non-finite
+    loss)."""
     from trainer.config import TrainSetupError, build_config, config_class
 
     model = config_class()  # built now: every method registered by this time brings its options as flags
@@ -182,8 +190,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     except (InputError, TrainSetupError) as exc:
         error("slip-train", exc)
         return BAD_INPUT
+    _quiet_dependency_warnings()
     from trainer.data import NoValidSamplesError  # heavy imports after parsing: --help and bad input stay fast
-    from trainer.loop import train
+    from trainer.loop import NonFiniteTraining, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -191,7 +200,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     except TrainSetupError as exc:
         error("slip-train", exc)
         return BAD_INPUT
-    except NoValidSamplesError as exc:
+    except (NoValidSamplesError, NonFiniteTraining) as exc:
         error("slip-train", exc)
         return FAILED
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
@@ -222,7 +231,7 @@ def compare_main(argv: Sequence[str]) -> int:
 
     try:
         written = write_comparison(**request)
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: bad JSON, a damaged log.jsonl
         error("slip-eval compare", exc)
         return BAD_INPUT
     for path in written:
@@ -244,6 +253,7 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
         error("slip-eval", exc)
         return BAD_INPUT
     from trainer.config import TrainSetupError
+    _quiet_dependency_warnings()
     from trainer.evaluate import evaluate, write_reports  # torch: after parsing
 
     try:

@@ -24,7 +24,9 @@ class TrainSetupError(ValueError):
 class BaseTrainConfig(BaseModel):
     """The fields every method shares; `TrainConfig` adds the registered methods' own."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field, the methods' options included (they are flattened into this model
+    # and inherit its config), refuses inf and nan: `--lr inf` would otherwise train to NaN and exit 0
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # ---- data ---------------------------------------------------------------------------------------------------
     release: Optional[str] = Field(None, description="Release folder; reads shards/{split}-*.tar and edges.parquet.")
@@ -153,6 +155,13 @@ def build_config(**values: Any) -> BaseTrainConfig:
     try:
         return config_class()(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(_describe(err) for err in exc.errors())
         raise TrainSetupError(f"invalid training config: {problems}") from None
+
+
+def _describe(err: Any) -> str:
+    """`key: message` of one validation error; a non-finite float also says what it got and what to give."""
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "finite_number":
+        return f"{where}: must be a finite number, got {err['input']!r} (give a finite value)"
+    return f"{where}: {err['msg']}"

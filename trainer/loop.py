@@ -3,12 +3,18 @@
 One optimizer step = `accum` micro-batches. Each micro-batch: (DDP: gather node ids) -> in-batch graph by CSR
 lookup -> encoders (DDP: gather embeddings, so the method's parts and losses see the global batch) -> the method's
 parts (SLIP: GAT refinement) -> the method's named loss terms -> weighted sum -> backward.
+
+A non-finite loss (or, without fp16's loss scaling, a non-finite gradient norm) stops the run before the optimizer
+step that would spread it into the weights: `NonFiniteTraining` names the step and the terms, no checkpoint is
+written after it, and summary.json says the run failed (the CLI exits 1). The last checkpoint stays the last good
+state.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -24,13 +30,16 @@ from tqdm import tqdm
 
 from trainer.batch_graph import CSRGraph, batch_graph_stats
 from trainer.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     export_open_clip,
     list_checkpoints,
     load_checkpoint,
+    load_newest,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    set_aside,
 )
 from trainer.config import TrainConfig, TrainSetupError
 from trainer.data import StreamSpec, TrainBatches, resolve_shards
@@ -44,6 +53,7 @@ from trainer.model import (
     tokenizer_for,
 )
 from trainer.optim import build_optimizer, lr_at, set_lr
+from trainer.release import Release
 from trainer.run_io import (
     LOG_FILE,
     SUMMARY_FILE,
@@ -54,6 +64,10 @@ from trainer.run_io import (
 )
 
 log = logging.getLogger("slip-train")
+
+
+class NonFiniteTraining(RuntimeError):
+    """The loss or the gradient norm became inf/nan: training stopped before the optimizer step (exit 1)."""
 
 
 # ---- setup helpers ----------------------------------------------------------------------------------------------
@@ -151,9 +165,14 @@ class Trainer:
         self.model_name = resolve_model_name(cfg.model)
         shards = resolve_shards(cfg.release, cfg.shards, cfg.split)
         graph_path = cfg.graph_path()
+        needs_graph = get_method(cfg.method).needs_graph
+        if needs_graph and cfg.release is not None and cfg.graph is None:
+            graph_path = Release(cfg.release).graph_file(cfg.method)
         self.graph: Optional[CSRGraph] = None
-        if graph_path is not None and (get_method(cfg.method).needs_graph or graph_path.is_file()):
+        if graph_path is not None and (needs_graph or graph_path.is_file()):
             self.graph = CSRGraph.from_parquet(graph_path, kinds=cfg.edge_kinds, max_neighbors=cfg.max_neighbors)
+        resumed = self._load_resume()  # a damaged checkpoint is bad input too: found before the model is built
+        resume_path, state = resumed if resumed is not None else (None, {})
 
         self.model: ContrastiveModel = build_model(cfg, self.device)
         self.method = self.model.method
@@ -164,12 +183,10 @@ class Trainer:
         self.step, self.samples_seen, consumed = 0, 0, 0
         self.resumed_from: Optional[str] = None
         rng_state = None
-        resume_path = self._resume_path()
         if resume_path is None and list_checkpoints(self.run_dir):
             raise TrainSetupError(f"{self.run_dir} already holds checkpoints: pass --resume latest to continue "
                                   "that run, or choose another --out")
         if resume_path is not None:
-            state = load_checkpoint(resume_path, map_location=self.device)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
@@ -203,19 +220,34 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.step + 1)
         self.setup_s = time.perf_counter() - self.t_start
 
-    def _resume_path(self) -> Optional[Path]:
-        if self.cfg.resume is None:
+    def _load_resume(self) -> Optional[tuple[Path, dict[str, Any]]]:
+        """(path, state) of the checkpoint to continue from, None for a fresh run.
+
+        `latest` falls back past unreadable newer checkpoints (a torn copy, a full disk), says which one it took,
+        and sets the unreadable ones aside; an explicit checkpoint that does not load is a CheckpointError."""
+        resume = self.cfg.resume
+        if resume is None:
             return None
-        if self.cfg.resume == "latest":
+        if resume == "latest":
             try:
-                return resolve_checkpoint(self.run_dir, "latest")
+                path, state, skipped = load_newest(self.run_dir, map_location=self.device)
             except FileNotFoundError:
                 log.info("--resume latest: no checkpoint in %s yet, starting fresh", self.run_dir)
                 return None
+            except CheckpointError as exc:
+                raise CheckpointError(f"--resume latest: {exc}") from None
+            for bad, problem in skipped:
+                kept = set_aside(bad) if self.is_main else bad
+                log.warning("--resume latest: skipping %s (kept as %s)", problem, kept.name)
+            if skipped:
+                log.warning("--resume latest: resuming from %s (step %d), the newest checkpoint that loads",
+                            path, int(state["step"]))
+            return path, state
         try:
-            return resolve_checkpoint(self.run_dir, self.cfg.resume)
-        except FileNotFoundError as exc:
-            raise TrainSetupError(str(exc)) from None
+            path = resolve_checkpoint(self.run_dir, resume)
+            return path, load_checkpoint(path, map_location=self.device)
+        except (FileNotFoundError, CheckpointError) as exc:
+            raise CheckpointError(f"--resume: {exc}") from None
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
         """The data position only means something with the same batch size and (effective) worker count."""
@@ -252,8 +284,14 @@ class Trainer:
         terms = self.method.loss_terms(self.model, out, BatchContext(node_ids, edge_index, edge_weight))
         loss = weighted_sum(terms, self.term_weights)
         self.scaler.scale(loss / self.cfg.accum).backward()
-        return {"loss": loss.item(), "terms": {name: term.item() for name, term in terms.items()},
-                "node_ids": batch["node_ids"], **stats}
+        values = {name: term.item() for name, term in terms.items()}
+        total = loss.item()
+        if not math.isfinite(total) or not all(map(math.isfinite, values.values())):
+            # after backward, so every DDP rank (same gathered batch, same loss) gets here; before the optimizer step
+            bad = ", ".join(f"{name}={value}" for name, value in values.items() if not math.isfinite(value))
+            raise NonFiniteTraining(f"non-finite loss at step {self.step + 1}: loss={total}"
+                                    + (f" ({bad})" if bad else ""))
+        return {"loss": total, "terms": values, "node_ids": batch["node_ids"], **stats}
 
     def _optimizer_step(self) -> Optional[float]:
         grad_norm = None
@@ -261,6 +299,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).item()
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # fp16's scaler skips such steps
+                raise NonFiniteTraining(f"non-finite gradient norm at step {self.step + 1}: {grad_norm} "
+                                        "(the loss was finite)")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.model.clamp_scales_()
@@ -282,7 +323,35 @@ class Trainer:
                    desc=f"slip-train[{cfg.method}]", dynamic_ncols=True)
         self.model.train()
         t_train = time.perf_counter()
-        record: dict[str, Any] = {}
+        self.last_record: dict[str, Any] = {}
+        try:
+            self._train_steps(bar)
+        except NonFiniteTraining as exc:
+            bar.close()
+            failed = f"{exc}; stopped before that step's weight update; {self._last_checkpoint_note()}; lower " \
+                     "--lr, or check the config and the data"
+            if self.is_main:
+                atomic_write_json(self.run_dir / SUMMARY_FILE, {
+                    **self._summary(first_step, t_train, self.last_record), "status": "failed", "error": failed})
+            self.logger.close()
+            raise NonFiniteTraining(failed) from None
+        bar.close()
+        summary = {**self._summary(first_step, t_train, self.last_record), "status": "done"}
+        if self.is_main:
+            export_open_clip(self.model.clip, self.run_dir)
+            atomic_write_json(self.run_dir / SUMMARY_FILE, summary)
+        self.logger.close()
+        return summary
+
+    def _last_checkpoint_note(self) -> str:
+        found = list_checkpoints(self.run_dir)
+        if not found:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {found[-1][1]} (step {found[-1][0]})"
+
+    def _train_steps(self, bar: Any) -> None:
+        """Steps until cfg.steps: log, checkpoint; `self.last_record` is the last logged step's record."""
+        cfg = self.cfg
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg)
@@ -302,14 +371,17 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 record = self._record(parts, lr, grad_norm, step_samples, data_time, batch_time)
                 self.logger.write(record)
+                self.last_record = record
                 bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if _is_loss_key(k) and v is not None})
             bar.update(1)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self._checkpoint()
-        bar.close()
+
+    def _summary(self, first_step: int, t_train: float, record: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
         train_s = time.perf_counter() - t_train
         trained = (self.step - first_step) * cfg.batch_size * cfg.accum * self.world
-        summary = {
+        return {
             "method": cfg.method, "model": cfg.model, "steps": self.step, "samples": self.samples_seen,
             "samples_this_process": trained, "train_time_s": train_s, "setup_time_s": self.setup_s,
             "wall_time_s": time.perf_counter() - self.t_start,
@@ -318,11 +390,6 @@ class Trainer:
             "final": {k: v for k, v in record.items() if _is_loss_key(k)},
             "device": str(self.device), "precision": self.precision, "world_size": self.world,
             "workers": self.data.workers, "resumed_from": self.resumed_from}
-        if self.is_main:
-            export_open_clip(self.model.clip, self.run_dir)
-            atomic_write_json(self.run_dir / SUMMARY_FILE, summary)
-        self.logger.close()
-        return summary
 
     def _record(self, parts: list[dict[str, Any]], lr: float, grad_norm: Optional[float], step_samples: int,
                 data_time: float, batch_time: float) -> dict[str, Any]:

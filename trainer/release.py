@@ -129,6 +129,15 @@ class Release:
                            "image_status": status, "has_image": status == IMAGE_OK}
         return self._nodes
 
+    def graph_file(self, method: str) -> Path:
+        """edges.parquet for a method that trains on the product graph; its absence names the release and the
+        ways out (a release built without edges can still train the CLIP baseline)."""
+        path = self.path / EDGES
+        if not path.is_file():
+            raise ReleaseFileMissing(f"release {self.path} has no {EDGES}: --method {method} trains on the "
+                                     f"product graph and needs it (use --method clip, or give --graph FILE)")
+        return path
+
     def edges(self, kinds: Optional[Sequence[str]] = None) -> pa.Table:
         """edges.parquet (src, dst, weight, kind; stored once per pair), only `kinds` when given."""
         return read_edges(self._file(EDGES), kinds)

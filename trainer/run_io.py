@@ -8,7 +8,10 @@ RUN layout:
     tb/                      TensorBoard events
     checkpoints/step-NNNNNNNN.pt
     open_clip_state_dict.pt  plain open_clip state dict (encoders + logit scale, no GATs)
-    summary.json             final figures
+    summary.json             final figures ("status": "done", or "failed" with the "error")
+
+A run folder is read as untrusted input: its files are opened only as regular files inside it (no symlinks out,
+slipio.paths), a log line torn by a kill mid-write is dropped, a damaged checkpoint is one clear error.
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from typing import Any, Callable
 from torch import Tensor
 
 from slipio import atomic
-from trainer.checkpoint import load_checkpoint, resolve_checkpoint
-from trainer.config import TrainConfig, config_class
+from slipio.paths import UnsafePath, resolve_inside
+from trainer.checkpoint import CheckpointError, load_checkpoint, load_newest, resolve_checkpoint
+from trainer.config import TrainConfig, TrainSetupError, config_class
 from trainer.model import (
     ContrastiveModel,
     build_model,
@@ -62,8 +66,16 @@ def write_run_config(run_dir: Path, cfg: TrainConfig, model_name: str, model: Co
         "preprocess_cfg": dict(model.clip.visual.preprocess_cfg)})
 
 
+def run_file(run_dir: Path, rel: str) -> Path:
+    """`run_dir / rel` for reading; a symlink or a non-regular file there is a TrainSetupError naming it."""
+    try:
+        return resolve_inside(Path(run_dir), rel)
+    except UnsafePath as exc:
+        raise TrainSetupError(f"run folder {run_dir}: {exc}") from None
+
+
 def read_run_config(run_dir: Path) -> TrainConfig:
-    path = Path(run_dir) / CONFIG_FILE
+    path = run_file(run_dir, CONFIG_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {CONFIG_FILE} missing")
     return config_class()(**json.loads(path.read_text()))  # a plug-in registered after import reads too
@@ -78,9 +90,10 @@ def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "cpu") -> 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     ckpt_path = resolve_checkpoint(run_dir, checkpoint)
+    state = _load_for_eval(run_dir, ckpt_path, checkpoint, device)  # before the model: a bad file fails at once
+    run_file(run_dir, OPEN_CLIP_CONFIG_FILE)  # open_clip reads it by name from the folder
     model_name = f"local-dir:{run_dir.resolve()}"
     model = build_model(cfg, device=device, load_pretrained=False, model_name=model_name)
-    state = load_checkpoint(ckpt_path, map_location=device)
     model.load_state_dict(state["model"])
     model.eval()
     _, preprocess = image_transforms(model)
@@ -88,15 +101,47 @@ def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "cpu") -> 
                      method=cfg.method, run_dir=run_dir, step=int(state["step"]), checkpoint=ckpt_path)
 
 
+def _load_for_eval(run_dir: Path, path: Path, which: str, device: str) -> dict[str, Any]:
+    """The checkpoint's state; when 'latest' does not load, the error names the newest step that does."""
+    try:
+        return load_checkpoint(path, map_location=device)
+    except CheckpointError as exc:
+        if which != "latest":
+            raise
+        try:
+            older, state, _ = load_newest(run_dir, map_location=device)
+        except (CheckpointError, FileNotFoundError):
+            raise exc from None
+        raise CheckpointError(f"{exc}; the newest checkpoint that loads is step {int(state['step'])}: pass "
+                              f"--checkpoint {int(state['step'])} ({older.name})") from None
+
+
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """Parsed log.jsonl lines."""
-    path = Path(run_dir) / LOG_FILE
+    """Parsed log.jsonl lines; a torn last line (the run was killed while writing it) is dropped.
+
+    Any other line that is not a JSON object with a step is damage, not a kill: a TrainSetupError naming it."""
+    path = run_file(run_dir, LOG_FILE)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        elif number != len(lines):  # only the last piece (no newline after it) can be torn by a kill
+            raise TrainSetupError(f"{path}: line {number} is not a log record (expected a JSON object with a "
+                                  "step); the log is damaged: remove that line")
+    return records
 
 
 def truncate_log(run_dir: Path, last_step: int) -> None:
-    """Drop log lines after `last_step` (a killed run may have logged past its last checkpoint)."""
+    """Drop log lines after `last_step` (a killed run may have logged past its last checkpoint) and a torn last
+    line, so the log the resumed run appends to is valid JSONL."""
     kept = [line for line in read_log(run_dir) if line["step"] <= last_step]
     atomic.write_text(Path(run_dir) / LOG_FILE, "".join(json.dumps(line) + "\n" for line in kept))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from etl.config import PipelineConfig
 from slipio import atomic
 from slipio.hashing import file_sha256
+from slipio.paths import UnsafePath, resolve_inside
 
 log = logging.getLogger("slip_etl")
 
@@ -103,12 +104,18 @@ class StageContext:
         return self.opts.work_dir
 
     def input(self, stage: str, output: str) -> Path:
-        """Path of an upstream stage's output (as recorded when it finished)."""
+        """Path of an upstream stage's output (as recorded when it finished, relative to the dataset root)."""
         try:
-            rel = self.upstream[stage]["outputs"][output]["path"]
+            return output_path(self.opts.dataset_root, self.upstream[stage], output)
         except KeyError as exc:
             raise StageError(f"stage {self.name}: upstream output {stage}.{output} is not available") from exc
-        return self.opts.dataset_root / rel
+
+    def recorded(self, stage: str, output: str) -> dict[str, Any]:
+        """What the upstream stage recorded about one output: {path, bytes, sha256[, files, members]}."""
+        try:
+            return self.upstream[stage]["outputs"][output]
+        except KeyError as exc:
+            raise StageError(f"stage {self.name}: upstream output {stage}.{output} is not available") from exc
 
     def upstream_stats(self, stage: str) -> dict[str, Any]:
         return self.upstream[stage].get("stats", {})
@@ -158,6 +165,19 @@ def load_record(opts: RunOptions, stage: str) -> dict[str, Any] | None:
         return None  # an unreadable record means "not done"
 
 
+def output_path(root: Path, record: dict[str, Any], output: str) -> Path:
+    """The absolute path of a recorded output: its relative path checked to stay inside the dataset root.
+
+    Records hold paths relative to the dataset root, so a root that was moved or copied still finds its outputs.
+    """
+    out = record["outputs"][output]
+    try:
+        return resolve_inside(Path(root), out["path"], kind="dir" if "files" in out else "file")
+    except UnsafePath as exc:
+        raise StageError(f"the {record.get('stage', '?')} stage's record lists output {output!r} at an unsafe "
+                         f"path ({exc}); rerun that stage with --force") from None
+
+
 def fingerprint(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream: dict[str, dict[str, Any]]) -> str:
     payload = {
         "stage": spec.name,
@@ -177,43 +197,82 @@ def fingerprint(spec: StageSpec, cfg: PipelineConfig, opts: RunOptions, upstream
 
 def describe_output(root: Path, path: Path,
                     known: tuple[str, int] | dict[str, tuple[str, int]] | None = None) -> dict[str, Any]:
-    """bytes + sha256 of a file, or of a folder (hash over its files' relative paths and hashes).
+    """bytes + sha256 of a file, or of a folder (hash over its files' relative paths and hashes, and each file's
+    own {bytes, sha256, mtime_ns} under `members`); the path is relative to `root`, so the root can move.
 
     `known` holds hashes the stage computed while writing — (sha256, bytes) for a file, {relative path: (sha256,
-    bytes)} for a folder; each is trusted only while the size on disk still matches.
+    bytes)} for a folder; each is trusted only while the size on disk still matches. `mtime_ns` lets the skip check
+    notice an in-place edit without hashing (see `outputs_intact`).
     """
     path = Path(path)
-    if isinstance(known, tuple) and path.is_file() and path.stat().st_size == known[1]:
-        return {"path": path.relative_to(root).as_posix(), "bytes": known[1], "sha256": known[0]}
+    rel = path.relative_to(root).as_posix()
     if path.is_dir():
         per_file = known if isinstance(known, dict) else {}
-        files = sorted(p for p in path.rglob("*") if p.is_file() and atomic.TMP_MARK not in p.name
-                       and p.name != FINGERPRINT_FILE)
         h = hashlib.sha256()
         total = 0
-        for p in files:
-            hint = per_file.get(p.relative_to(path).as_posix())
-            digest, size = hint if hint and p.stat().st_size == hint[1] else file_sha256(p)
+        members: dict[str, dict[str, Any]] = {}
+        for p in _folder_files(path):
+            name = p.relative_to(path).as_posix()
+            st = p.stat()
+            hint = per_file.get(name)
+            digest, size = hint if hint and st.st_size == hint[1] else file_sha256(p)
             total += size
-            h.update(f"{p.relative_to(path).as_posix()}\0{digest}\n".encode())
-        return {"path": path.relative_to(root).as_posix(), "bytes": total, "sha256": h.hexdigest(),
-                "files": len(files)}
-    digest, size = file_sha256(path)
-    return {"path": path.relative_to(root).as_posix(), "bytes": size, "sha256": digest}
+            h.update(f"{name}\0{digest}\n".encode())
+            members[name] = {"bytes": size, "sha256": digest, "mtime_ns": st.st_mtime_ns}
+        return {"path": rel, "bytes": total, "sha256": h.hexdigest(), "files": len(members), "members": members}
+    st = path.stat()
+    if isinstance(known, tuple) and st.st_size == known[1]:
+        digest, size = known
+    else:
+        digest, size = file_sha256(path)
+    return {"path": rel, "bytes": size, "sha256": digest, "mtime_ns": st.st_mtime_ns}
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The files a folder output consists of (temp files and the fingerprint marker are not part of it)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and atomic.TMP_MARK not in p.name
+                  and p.name != FINGERPRINT_FILE)
+
+
+def _file_intact(path: Path, want: dict[str, Any]) -> bool:
+    """Same size, and either the recorded mtime (no write since) or, when the mtime moved, the recorded sha256."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if st.st_size != want.get("bytes"):
+        return False
+    if "mtime_ns" not in want or st.st_mtime_ns == want["mtime_ns"]:
+        return True
+    return file_sha256(path)[0] == want.get("sha256")  # touched or copied: intact only if the bytes are ours
 
 
 def outputs_intact(root: Path, record: dict[str, Any]) -> bool:
-    """Cheap check that a finished stage's outputs are still there with the recorded sizes."""
-    for out in record.get("outputs", {}).values():
-        p = root / out["path"]
+    """Whether a finished stage's outputs are still the bytes it recorded.
+
+    Cheap when nothing changed (a stat per file); a file whose mtime moved (an in-place edit, a copy without
+    timestamps) is hashed, so a skip decision never blesses bytes the stage did not produce. An unsafe recorded
+    path counts as not intact.
+    """
+    for name, out in record.get("outputs", {}).items():
+        try:
+            p = output_path(root, record, name)
+        except StageError:
+            return False
         if not p.exists():
             return False
         if p.is_dir():
-            files = [f for f in p.rglob("*") if f.is_file() and atomic.TMP_MARK not in f.name
-                     and f.name != FINGERPRINT_FILE]
-            if len(files) != out.get("files", len(files)) or sum(f.stat().st_size for f in files) != out["bytes"]:
+            files = _folder_files(p)
+            members = out.get("members")
+            if members is not None:
+                names = {f.relative_to(p).as_posix(): f for f in files}
+                if names.keys() != members.keys():
+                    return False
+                if not all(_file_intact(f, members[n]) for n, f in names.items()):
+                    return False
+            elif len(files) != out.get("files", len(files)) or sum(f.stat().st_size for f in files) != out["bytes"]:
                 return False
-        elif p.stat().st_size != out["bytes"]:
+        elif not _file_intact(p, out):
             return False
     return True
 

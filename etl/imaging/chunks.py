@@ -85,6 +85,12 @@ def _int64s(column: pa.ChunkedArray) -> np.ndarray:
     return column.combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
+def results_table(rows: list[Any]) -> pa.Table:
+    """Rows (objects with the chunk schema's fields as attributes: the crawler's results) as a chunk table."""
+    schema = chunk_schema()
+    return pa.Table.from_pylist([{f.name: getattr(r, f.name) for f in schema} for r in rows], schema=schema)
+
+
 class ChunkWriter:
     """Buffers results and writes each full buffer as the next chunk, atomically, in a thread off the event loop.
 
@@ -112,8 +118,17 @@ class ChunkWriter:
             self._write(rows)
 
     def _write(self, rows: list[Any]) -> None:
+        self._write_table(results_table(rows))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Write a table of finished results (the chunk schema) as chunks of at most `chunk_rows` rows: what a Ray
+        task returned, written once by the driver when the task completed."""
+        for start in range(0, table.num_rows, self.chunk_rows):
+            self._write_table(table.slice(start, self.chunk_rows))
+
+    def _write_table(self, table: pa.Table) -> None:
         schema = chunk_schema()
-        table = pa.Table.from_pylist([{f.name: getattr(r, f.name) for f in schema} for r in rows], schema=schema)
+        table = table.cast(schema) if table.schema != schema else table
         other = [n for n in schema.names if n != "jpeg"]
         with self._write_lock:
             path = self.chunks_dir / f"part-{self.next_index:06d}.parquet"

@@ -52,6 +52,9 @@ from etl.net.http import (
 # X-Robots-Tag directives that opt an image out of (AI) dataset use.
 OPTOUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "none"})
 TIMING_SAMPLES = 10_000  # timings kept for the percentiles in the stats (a uniform sample of all of them)
+# Statuses always worth another try: the server or the path to it failed, not the image. An empty 200 body is one
+# (a server restarting, a file being rewritten), never `not_image`.
+RETRIABLE_STATUSES = frozenset({"timeout", "connect_error", "empty_body"})
 # Content types that are certainly not an image body (error pages, API errors); anything else is judged by bytes.
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/xhtml+xml", "application/problem")
 
@@ -215,7 +218,7 @@ class _Attempt:
 
     @property
     def retriable(self) -> bool:
-        if self.status in ("timeout", "connect_error"):
+        if self.status in RETRIABLE_STATUSES:
             return True
         return self.status == "http_error" and self.http_status is not None and is_retriable(self.http_status)
 
@@ -225,14 +228,15 @@ class Crawler:
 
     def __init__(self, settings: CrawlSettings, http_cfg: HttpConfig, allow_hosts: Sequence[str] = (),
                  rewrites: Sequence[tuple[str, str]] = (),
-                 on_progress: Callable[[CrawlResult], None] | None = None) -> None:
+                 on_progress: Callable[[CrawlResult], None] | None = None, throttle: Any = None) -> None:
         self.settings = settings
         self.http_cfg = http_cfg
         self.allow_hosts = tuple(allow_hosts)
         self.rewrites = tuple(rewrites)
         self.on_progress = on_progress
         self.stats = CrawlStats()
-        self._throttle = HostThrottle(settings.per_host_concurrency, settings.per_host_rps)
+        # `throttle`: anything with HostThrottle's slot()/pause(), e.g. the cluster-wide one of a Ray task
+        self._throttle = throttle or HostThrottle(settings.per_host_concurrency, settings.per_host_rps)
         self._passed = PassedHosts()  # one DNS check per host and minute, not per image
 
     async def run(self, jobs: Iterable[CrawlJob], sink: Callable[[CrawlResult], Awaitable[None]]) -> CrawlStats:
@@ -343,6 +347,8 @@ class Crawler:
             if ctype.startswith(_TEXT_TYPES):
                 return _Attempt("not_image", http_status=code, error=f"Content-Type {ctype}")
             body = await read_capped_async(response, self.settings.max_bytes)
+            if not body:
+                return _Attempt("empty_body", http_status=code, error=f"HTTP {code} with an empty body")
             return _Attempt("ok", http_status=code, body=body)
         finally:
             await response.aclose()

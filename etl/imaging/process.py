@@ -70,7 +70,8 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, KeyErro
 
 
 class ImageRejected(Exception):
-    """The bytes are not a usable image; `status` is the image_status value (not_image, decode_error, too_large)."""
+    """The bytes are not a usable image; `status` is the image_status value (not_image, decode_error, too_large,
+    empty_body)."""
 
     def __init__(self, status: str, message: str) -> None:
         super().__init__(status, message)  # both in args, so the exception pickles across processes
@@ -99,10 +100,12 @@ def process_image(data: bytes, *, shorter_side: int, mode: ResizeMode = "keep_ra
                   max_pixels: int = 40_000_000) -> ProcessedImage:
     """Validate `data` and return it as an RGB JPEG whose shorter side is at most `shorter_side`.
 
-    Raises ImageRejected with status `not_image`, `too_large` or `decode_error`.
+    Raises ImageRejected with status `not_image`, `too_large`, `decode_error` or `empty_body` (no bytes).
     """
     if mode not in ("keep_ratio", "center_crop"):
         raise ValueError(f"resize mode must be keep_ratio or center_crop, got {mode!r}")
+    if not data:  # a transfer problem, not a verdict on the image: the crawler retries it
+        raise ImageRejected("empty_body", "no bytes to decode")
     if not looks_like_image(data):
         raise ImageRejected("not_image", f"no image signature in the first bytes {data[:16]!r}")
     with warnings.catch_warnings():

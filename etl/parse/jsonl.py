@@ -8,8 +8,11 @@ record and is not listed. A line longer than MAX_LINE_BYTES is never buffered: i
 the batch size plus one line.
 
 Bad lines. A non-blank line is a record when it is a JSON object. `decode_line` is the one rule for the rest:
-`bad_json` (not UTF-8, not JSON, or longer than MAX_LINE_BYTES) and `not_an_object` (valid JSON that is not an
-object). `bad_lines` lists a batch's bad lines (line number, reason, raw prefix) for whatever a stage keeps of them
+`bad_json` (not UTF-8, not JSON, or longer than MAX_LINE_BYTES), `not_an_object` (valid JSON that is not an
+object) and `bad_text` (an object holding a string that is not Unicode text: a lone surrogate escape such as
+`"\\ud800"`, which no UTF-8 column can store; a paired `"\\ud83d\\ude00"` is an emoji and is kept). The rule is
+for the whole line, not just the fields a stage keeps, so every stage reading a file counts its bad lines alike.
+`bad_lines` lists a batch's bad lines (line number, reason, raw prefix) for whatever a stage keeps of them
 (a quarantine table, counters, examples); `LineBatch.records` is what a stage counts as its input.
 
 Parsing. Each batch is parsed by pyarrow's JSON reader (C++, multithreaded) with a fixed schema
@@ -47,7 +50,11 @@ _OVERSIZED_PREFIX = 4096        # bytes of a skipped over-long line kept for the
 
 BAD_JSON = "bad_json"
 NOT_AN_OBJECT = "not_an_object"
-BAD_LINE_REASONS = (BAD_JSON, NOT_AN_OBJECT)
+BAD_TEXT = "bad_text"
+BAD_LINE_REASONS = (BAD_JSON, NOT_AN_OBJECT, BAD_TEXT)
+# A \uD800-\uDFFF escape: the only way a JSON line that is valid UTF-8 can decode to a lone surrogate. A line
+# without one needs no further check (a false hit, e.g. an escaped backslash before "ud800", costs one re-encode).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 # --------------------------------------------------------------------------------------------- lines
@@ -142,12 +149,24 @@ def _split_lines(buf: bytes, first_line_no: int, cap: int, end: int | None = Non
 def decode_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(the object, None) for a record; (None, reason) for a bad line. The one rule for what a bad line is."""
     try:
-        obj = json.loads(raw)
+        # Strict UTF-8 first: json.loads(bytes) would let UTF-8-encoded surrogates (b"\xed\xa0\x80") through.
+        obj = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None, BAD_JSON
     if not isinstance(obj, dict):
         return None, NOT_AN_OBJECT
+    if _SURROGATE_ESCAPE.search(raw) is not None and not _is_unicode_text(obj):
+        return None, BAD_TEXT
     return obj, None
+
+
+def _is_unicode_text(obj: dict[str, Any]) -> bool:
+    """Whether every key and string of the object encodes to UTF-8 (no lone surrogate left by a JSON escape)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class BadLine(NamedTuple):

@@ -1,5 +1,9 @@
 """Reading the multi-GB raw dumps: gzip detected by magic number, inflated by ISA-L when installed (faster than
-zlib, which stays the fallback), in a background thread so inflating overlaps parsing (both release the GIL)."""
+zlib, which stays the fallback), in a background thread so inflating overlaps parsing (both release the GIL).
+
+A file named `*.gz` that does not start with the gzip magic (an HTML error page or a proxy's login page saved
+under the dump's name) is refused, naming its first bytes: read as text it would become one bad line and the
+build would fail stages later with a misleading message. Files with other names are read as plain text."""
 from __future__ import annotations
 
 import gzip
@@ -17,19 +21,39 @@ except ImportError:  # pragma: no cover - depends on the environment
     _igzip = None
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+_SHOWN_BYTES = 64  # of a file that is not gzip, in the error
+
+
+def printable(data: bytes) -> str:
+    """Bytes as one printable line: ASCII as itself, everything else (and the backslash) as `\\xNN`."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in data)
+
+
 def open_decompressed(path: Path) -> BinaryIO:
-    """The file's bytes, inflated when it is gzip (by magic number, not by name)."""
+    """The file's bytes, inflated when it is gzip (by magic number); a `.gz` name without the magic is an error."""
     with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    if not gz:
+        head = fh.read(_SHOWN_BYTES)
+    if not head.startswith(GZIP_MAGIC):
+        if Path(path).name.lower().endswith(".gz"):
+            shown = f'starts with "{printable(head)}"' if head else "it is empty"
+            raise StageError(f"{path} is not gzip ({shown}); {source_hint(path)}")
         return open(path, "rb")
     return _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
+
+
+def source_hint(path: Path) -> str:
+    """What to do about a damaged raw file: `--force fetch` alone would copy the same bytes from a mirror again."""
+    return (f"compare the size and sha256 of {Path(path).name} at its origin (the --mirror folder or URL, when one "
+            "is used) with those in the fetch record (work/records/fetch.json); if the origin's copy is bad too, "
+            "download it again from the original source, then rerun with `--force fetch`")
 
 
 def inflated_chunks(path: Path, chunk_bytes: int, depth: int = 2) -> Iterator[bytes]:
     """The decompressed bytes of `path` in chunks, read ahead by a daemon thread.
 
-    A read error (truncated gzip, I/O error) surfaces in the consumer as a StageError that says to re-fetch.
+    A `.gz` file that is not gzip, or a read error (truncated gzip, I/O error), surfaces in the consumer as a
+    StageError that says what to check (`source_hint`).
     """
     chunks: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -50,8 +74,11 @@ def inflated_chunks(path: Path, chunk_bytes: int, depth: int = 2) -> Iterator[by
     try:
         while True:
             item = chunks.get()
+            if isinstance(item, StageError):
+                raise item
             if isinstance(item, Exception):
-                raise StageError(f"cannot read {path}: {item} (re-fetch the file: `--force fetch`)") from item
+                raise StageError(f"cannot read {path}: {item} (the file is truncated or corrupt; "
+                                 f"{source_hint(path)})") from item
             if not item:
                 return
             yield item

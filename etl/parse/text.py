@@ -19,8 +19,10 @@ steps, in the order `clean_text` applies them:
    conservative: a suspicious but legitimate value ("é®") comes back unchanged.
    Runs before whitespace normalisation: mojibake of a no-break space is "Â" + U+00A0, which step 3 would break.
 3. `normalize_whitespace`: invisible control and format characters (C0/C1 controls other than whitespace,
-   zero-width space, BOM, soft hyphen, word joiner) are removed; every run of Unicode whitespace (including
-   no-break space and line/paragraph separators) becomes one space; the ends are stripped.
+   zero-width space, BOM, soft hyphen, word joiner, and every bidirectional control: marks U+200E/U+200F/U+061C,
+   embeddings and overrides U+202A-U+202E, isolates U+2066-U+2069, which can make a title display as
+   something other than its characters, e.g. U+202E reversing the rest of it) are removed; every run of Unicode
+   whitespace (including no-break space and line/paragraph separators) becomes one space; the ends are stripped.
 4. `cap_chars`: at most `max_chars` characters, cut at the last whitespace before the limit so no word is split,
    unless that would keep less than half the limit (one huge token): then a hard cut.
 
@@ -63,11 +65,13 @@ _CP1252_CONTINUATION = "\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u
                        "\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
 MOJIBAKE_SUSPECT = f"[\u00c2-\u00f4][\u0080-\u00bf{_CP1252_CONTINUATION}]"
 
-_INVISIBLE = r"[\p{Cc}&&[^\t\n\v\f\r\u0085]]|[\u200b\u200e\u200f\u2060\ufeff\u00ad]"
+# Bidirectional controls (Unicode UAX #9): marks, embeddings/overrides, isolates. Literal characters in a class.
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_INVISIBLE = r"[\p{Cc}&&[^\t\n\v\f\r\u0085]]|[\u200b\u2060\ufeff\u00ad" + BIDI_CONTROLS + "]"
 _WHITESPACE = r"\s+"
 # Anything steps 1-3 could change: a tag or reference start, a control/format character, whitespace that is not
 # a single space between words, or a mojibake pair.
-_NEEDS_WORK = (r"[<&\p{Cc}\u200b\u200e\u200f\u2060\ufeff\u00ad]|\s\s|[^\S ]|^\s|\s$|" + MOJIBAKE_SUSPECT)
+_NEEDS_WORK = (r"[<&\p{Cc}\u200b\u2060\ufeff\u00ad" + BIDI_CONTROLS + r"]|\s\s|[^\S ]|^\s|\s$|" + MOJIBAKE_SUSPECT)
 
 
 def _replace_at(series: pl.Series, idx: pl.Series, values: pl.Series) -> pl.Series:

@@ -1,6 +1,9 @@
 """`slip-etl publish`: copy a valid release to a local folder, any fsspec URL, or a Hugging Face Hub dataset repo.
 
-Only a release that passes `validate_release` is published. Files go up in manifest order with manifest.json last,
+Only a release that passes `validate_release` is published (so every manifest path is a regular file inside the
+release; each is checked again with `slipio.paths` right before it is read). A local destination that is the
+release, lies inside it, contains it, or is an existing file is refused as bad input before anything is written.
+Files go up in manifest order with manifest.json last,
 so a destination holding a manifest holds the whole release; a destination that already holds a *different*
 release is refused (a version names one set of bytes). The Hub token comes from the environment (HF_TOKEN) and is
 never printed or logged; errors from the Hub are scrubbed of it.
@@ -16,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from etl.release.validate import validate_release
+from slipio.cli import InputError
+from slipio.paths import UnsafePath, resolve_inside
 
 HF_PATTERN = re.compile(r"^hf://datasets/([A-Za-z0-9][A-Za-z0-9._-]*)/([A-Za-z0-9][A-Za-z0-9._-]*)/?$")
 TOKEN_ENV = "HF_TOKEN"
@@ -25,6 +31,10 @@ TOKEN_ENV = "HF_TOKEN"
 
 class PublishError(RuntimeError):
     """The release cannot be published as asked; the message says why and what to do."""
+
+
+class BadDestination(PublishError, InputError):
+    """The destination itself is wrong (malformed, the release itself, inside it, a file): bad input, exit 2."""
 
 
 @dataclass(frozen=True)
@@ -44,15 +54,15 @@ def parse_destination(dest: str) -> Destination:
     if dest.startswith("hf://"):
         match = HF_PATTERN.match(dest)
         if not match:
-            raise PublishError(f"{dest!r}: a Hugging Face destination must be hf://datasets/ORG/NAME")
+            raise BadDestination(f"{dest!r}: a Hugging Face destination must be hf://datasets/ORG/NAME")
         return Destination("hf", f"{match.group(1)}/{match.group(2)}")
     if "://" in dest:
         protocol = dest.split("://", 1)[0]
         if protocol not in fsspec.available_protocols():
-            raise PublishError(f"{dest!r}: unknown fsspec protocol {protocol!r}")
+            raise BadDestination(f"{dest!r}: unknown fsspec protocol {protocol!r}")
         return Destination("fsspec", dest)
     if not dest.strip():
-        raise PublishError("the destination is empty")
+        raise BadDestination("the destination is empty")
     return Destination("local", str(Path(dest).expanduser().resolve()))
 
 
@@ -67,9 +77,18 @@ def publish_release(release: Path, dest: str, dry_run: bool = False) -> Iterator
         raise PublishError(f"{release} is not a valid release ({len(problems)} problem(s)); fix or rebuild it "
                            f"(slip-etl validate {release}):\n  {shown}{more}")
     destination = parse_destination(dest)
+    local = _local_path(destination)
+    if local is not None:
+        check_local_destination(release, local, dest)
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
     files = [(rel, meta["bytes"]) for rel, meta in sorted(manifest["files"].items())]
     files.append(("manifest.json", (release / "manifest.json").stat().st_size))
+    for rel, _ in files:  # validate_release checked these already; a publish never rests on that alone
+        try:
+            resolve_inside(release, rel)
+        except UnsafePath as exc:
+            raise PublishError(f"{release}: manifest.json lists an unsafe path ({exc}); nothing was published") \
+                from None
     token = os.environ.get(TOKEN_ENV) or None
     if dry_run:
         return _dry_run(destination, files, token is not None)
@@ -80,6 +99,35 @@ def publish_release(release: Path, dest: str, dry_run: bool = False) -> Iterator
                                f"from the environment only, never from the command line)")
         return _to_hub(release, destination, manifest, files, token)
     return _to_filesystem(release, destination, files)
+
+
+def _local_path(destination: Destination) -> Path | None:
+    """The destination's folder on this machine (a plain path or a file:// URL), else None."""
+    if destination.kind == "local":
+        return Path(destination.target)
+    if destination.kind == "fsspec":
+        fs, path = fsspec.core.url_to_fs(destination.target)
+        if isinstance(fs, LocalFileSystem):
+            return Path(path).resolve()
+    return None
+
+
+def check_local_destination(release: Path, dest: Path, shown: str) -> None:
+    """Refuse a local destination that would overwrite or grow the release it copies, or that cannot be a folder."""
+    source, dest = release.resolve(), dest.resolve()
+    if dest == source:
+        raise BadDestination(f"--to {shown}: is the release itself; publish to another folder")
+    if dest.is_relative_to(source):
+        raise BadDestination(f"--to {shown}: lies inside the release {release}; the copy would add files to the "
+                             f"release it copies: publish to a folder outside it")
+    if source.is_relative_to(dest):
+        raise BadDestination(f"--to {shown}: contains the release {release}; publish to a folder outside it")
+    for folder in (dest, *dest.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is an existing file" if folder == dest else f"has a file on its way ({folder})"
+                raise BadDestination(f"--to {shown}: {what}, not a folder; give a new or an existing folder")
+            break
 
 
 def _dry_run(destination: Destination, files: list[tuple[str, int]], has_token: bool) -> Iterator[str]:
@@ -101,10 +149,14 @@ def _to_filesystem(release: Path, destination: Destination, files: list[tuple[st
     _refuse_other_release(fs, f"{root}/manifest.json", (release / "manifest.json").read_bytes(),
                           destination.target)
     for rel, size in files:
+        source = resolve_inside(release, rel)  # checked again right before it is read: no symlink, no host file
         remote = f"{root}/{rel}"
         parent = remote.rsplit("/", 1)[0]
-        fs.makedirs(parent, exist_ok=True)
-        fs.put_file(str(release / rel), remote)
+        try:
+            fs.makedirs(parent, exist_ok=True)
+            fs.put_file(str(source), remote)
+        except OSError as exc:
+            raise PublishError(f"{destination.url_of(rel)}: cannot write ({exc.strerror or exc})") from None
         if fs.size(remote) != size:
             raise PublishError(f"{destination.url_of(rel)}: {fs.size(remote)} bytes after upload, expected {size}")
         yield f"uploaded {rel} ({size} bytes) -> {destination.url_of(rel)}"

@@ -1,7 +1,10 @@
 """`slip-etl validate`: everything a consumer of a release relies on, checked from the folder alone.
 
-Checks: the manifest lists every file with its bytes and sha256 (and nothing else is there) and records the
-schema versions this code reads (same MAJOR, `schemas.check_schema_versions`); every table matches its schema;
+Checks: the manifest lists every file with its bytes and sha256 (and nothing else is there), each under a safe
+path (`slipio.paths.resolve_inside`: relative, normalised, inside the release, a regular file, no symlink on the
+way; the folder holds nothing but regular files and folders), and records the schema versions this code reads
+(same MAJOR, `schemas.check_schema_versions`); its name and version agree with the folder's name
+(`releases/<version>/`) and the dataset card; every table matches its schema;
 every shard is a complete tar whose samples have exactly a jpg, txt and json member, valid sample JSON and a JPEG
 that PIL opens and verifies and that ends with its end-of-image marker (a full decode of every image would take
 far longer than everything else); sizes.json matches the tars; referential integrity (edge endpoints
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import stat
 import tarfile
 import warnings
 from collections import Counter, defaultdict
@@ -24,15 +29,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from PIL import Image
 
 import schemas
+from slipio.atomic import TMP_MARK
 from slipio.hashing import file_sha256
+from slipio.paths import UnsafePath, resolve_inside
 
 MAX_PER_KIND = 20
 TABLES = {"nodes.parquet": "release_nodes", "edges.parquet": "edges", "reviews.parquet": "reviews"}
 SHARD_NAME = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
 MEMBERS = ("jpg", "txt", "json")
+CARD = "README.md"
 
 
 class _Problems:
@@ -59,15 +68,16 @@ def validate_release(path: Path) -> list[str]:
     problems = _Problems()
     if not root.is_dir():
         return [f"{root}: not a folder"]
-    manifest = _load_json(root / "manifest.json", problems)
+    manifest = _load_json(root, "manifest.json", problems)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         if manifest is not None:
             problems.add("manifest", "manifest.json: no 'files' mapping")
         return problems.result()
     _check_files(root, manifest["files"], problems)
+    _check_identity(root, manifest, problems)
     for line in schemas.check_schema_versions(manifest.get("schema_versions"), [*TABLES.values(), "shard_sample"]):
         problems.add("schema_version", f"manifest.json: {line}")
-    tables = {name: _read_table(root / name, schema, problems) for name, schema in TABLES.items()}
+    tables = {name: _read_table(_safe_file(root, name), schema, problems) for name, schema in TABLES.items()}
     nodes = tables["nodes.parquet"]
     if nodes is not None:
         _check_edges(tables["edges.parquet"], nodes, problems)
@@ -79,22 +89,34 @@ def validate_release(path: Path) -> list[str]:
     return problems.result()
 
 
-def _load_json(path: Path, problems: _Problems) -> Any:
-    if not path.is_file():
-        problems.add("missing", f"{path.name}: missing")
+def _load_json(root: Path, rel: str, problems: _Problems) -> Any:
+    path = _safe_file(root, rel)
+    if path is None:
+        if not os.path.lexists(root / rel):
+            problems.add("missing", f"{rel}: missing")
+        elif rel == "manifest.json":  # any other file that is not regular is reported by the walk
+            problems.add("unsafe_path", f"{rel}: not a regular file")
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.add("json", f"{path.name}: not valid JSON ({exc})")
+        problems.add("json", f"{rel}: not valid JSON ({exc})")
         return None
 
 
 def _check_files(root: Path, files: dict[str, Any], problems: _Problems) -> None:
     for rel, meta in sorted(files.items()):
-        p = root / rel
+        try:
+            p = resolve_inside(root, rel)
+        except UnsafePath as exc:
+            problems.add("unsafe_path", f"manifest.json: lists {rel!r}, which is not a safe release path "
+                                        f"({exc.rule}); list only regular files inside the release")
+            continue
         if not p.is_file():
             problems.add("missing", f"{rel}: listed in the manifest but missing")
+            continue
+        if not isinstance(meta, dict):
+            problems.add("manifest", f"manifest.json: the entry for {rel} must be {{bytes, sha256}}")
             continue
         size = p.stat().st_size
         if size != meta.get("bytes"):
@@ -104,15 +126,108 @@ def _check_files(root: Path, files: dict[str, Any], problems: _Problems) -> None
         if digest != meta.get("sha256"):
             problems.add("sha256", f"{rel}: sha256 mismatch (manifest {str(meta.get('sha256'))[:12]}…, "
                                    f"file {digest[:12]}…)")
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel != "manifest.json" and rel not in files:
+    for rel, mode in _walk(root):
+        if not stat.S_ISREG(mode):
+            if rel not in files:  # a listed one is already reported above
+                problems.add("unsafe_path", f"{rel}: not a regular file ({_kind(mode)}); a release holds only "
+                                            f"regular files and folders")
+        elif rel != "manifest.json" and rel not in files:
             problems.add("unlisted", f"{rel}: not listed in the manifest")
 
 
-def _read_table(path: Path, schema: str, problems: _Problems) -> pa.Table | None:
-    if not path.is_file():
-        return None  # already reported as missing when the manifest lists it
+def _walk(root: Path) -> list[tuple[str, int]]:
+    """(relative path, lstat mode) of everything under `root` except folders, never following a symlink."""
+    found = []
+    for folder, dirs, names in os.walk(root):  # os.walk does not descend into symlinked folders
+        base = Path(folder)
+        for name in [*dirs, *names]:
+            mode = os.lstat(base / name).st_mode
+            if not stat.S_ISDIR(mode):
+                found.append(((base / name).relative_to(root).as_posix(), mode))
+    return sorted(found)
+
+
+def _kind(mode: int) -> str:
+    return ("a symlink" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device file")
+
+
+def _safe_file(root: Path, rel: str) -> Path | None:
+    """`root / rel` when it is a regular file reached without a symlink; None otherwise (reported by the walk)."""
+    try:
+        path = resolve_inside(root, rel)
+    except UnsafePath:
+        return None
+    return path if path.is_file() else None
+
+
+def _is_real_dir(root: Path, rel: str) -> bool:
+    try:
+        return resolve_inside(root, rel, kind="dir").is_dir()
+    except UnsafePath:
+        return False
+
+
+def _check_identity(root: Path, manifest: dict[str, Any], problems: _Problems) -> None:
+    """The manifest's name and version agree with the release folder's name and the dataset card.
+
+    Nothing else signs these two fields (manifest.json is not listed in itself), so a lone edit of either would
+    otherwise pass. The folder name is checked in the build layout only (`releases/<version>/`, or the release
+    stage's staging folder `.<version>.tmp-*` beside it); a published copy may live under any name.
+    """
+    name, version = manifest.get("name"), manifest.get("version")
+    for key, value in (("name", name), ("version", version)):
+        if not isinstance(value, str) or not value:
+            problems.add("identity", f"manifest.json: '{key}' must be a non-empty string, got {value!r}")
+    if not isinstance(name, str) or not isinstance(version, str):
+        return
+    folder = _folder_version(root)
+    if folder is not None and folder != version:
+        problems.add("identity", f"manifest.json: version {version!r} does not match the release folder's name "
+                                 f"{folder!r}")
+    card = _safe_file(root, CARD)
+    if card is None:
+        return
+    for where, title in _card_titles(card.read_text(encoding="utf-8", errors="replace")):
+        card_name, _, card_version = title.rpartition(" ")
+        if card_version != version:
+            problems.add("identity", f"manifest.json: version {version!r} does not match the card's {where} "
+                                     f"({title!r}, version {card_version!r})")
+        if card_name != name:
+            problems.add("identity", f"manifest.json: name {name!r} does not match the card's {where} "
+                                     f"({title!r}, name {card_name!r})")
+
+
+def _folder_version(root: Path) -> str | None:
+    """The version the folder's name states in the build layout, else None."""
+    if root.resolve().parent.name != "releases":
+        return None
+    name = root.resolve().name
+    if name.startswith(".") and TMP_MARK in name:  # the release stage's staging folder
+        return name[1:].rsplit(TMP_MARK, 1)[0]
+    return name
+
+
+def _card_titles(text: str) -> list[tuple[str, str]]:
+    """(where, "NAME VERSION") as the card states them: the front matter's pretty_name and the first heading."""
+    titles = []
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        try:
+            front = yaml.safe_load(text[4:end]) if end > 0 else None
+        except yaml.YAMLError:
+            front = None
+        if isinstance(front, dict) and isinstance(front.get("pretty_name"), str):
+            titles.append(("pretty_name", front["pretty_name"]))
+    heading = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), None)
+    if heading:
+        titles.append(("title", heading))
+    return titles
+
+
+def _read_table(path: Path | None, schema: str, problems: _Problems) -> pa.Table | None:
+    if path is None:
+        return None  # already reported: missing, or not a regular file
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable table is one problem line
@@ -157,7 +272,7 @@ def _check_reviews(reviews: pa.Table | None, nodes: pa.Table, problems: _Problem
 
 
 def _check_labels(root: Path, nodes: pa.Table, problems: _Problems) -> None:
-    labels = _load_json(root / "labels.json", problems)
+    labels = _load_json(root, "labels.json", problems)
     if labels is None:
         return
     classes = labels.get("classes") if isinstance(labels, dict) else None
@@ -182,12 +297,15 @@ def _check_labels(root: Path, nodes: pa.Table, problems: _Problems) -> None:
 def _check_shards(root: Path, problems: _Problems) -> dict[int, list[tuple[str, str]]] | None:
     """Read every shard; returns node_id -> [(shard, split)] for the samples found (None without shards/)."""
     folder = root / "shards"
-    if not folder.is_dir():
+    if not os.path.lexists(folder):
         problems.add("missing", "shards/: missing")
         return None
-    sizes = _load_json(folder / "sizes.json", problems)
+    if not _is_real_dir(root, "shards"):
+        problems.add("unsafe_path", "shards/: not a folder (a file or a symlink)")
+        return None
+    sizes = _load_json(root, "shards/sizes.json", problems)
     sizes = sizes if isinstance(sizes, dict) else {}
-    tars = sorted(p.name for p in folder.glob("*.tar"))
+    tars = sorted(p.name for p in folder.glob("*.tar") if _safe_file(root, f"shards/{p.name}") is not None)
     for name in sorted(set(sizes) - set(tars)):
         problems.add("sizes", f"shards/sizes.json: lists {name}, which is missing")
     samples: dict[int, list[tuple[str, str]]] = defaultdict(list)

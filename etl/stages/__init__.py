@@ -55,7 +55,8 @@ def _source_format(cfg: PipelineConfig, opts: RunOptions) -> dict[str, Any]:
 
 
 # Keys of `images` that change what the stage produces; transport knobs (concurrency, rate limits, retries,
-# workers, chunking, mirrors) do not, so changing them never re-downloads anything.
+# workers, chunking, mirrors) do not, so changing them never re-downloads anything. Nor does the `executor`
+# section (local or Ray, address, workers, partitions): no stage lists it, both executors write the same outputs.
 IMAGE_OUTPUT_KEYS = ("max_bytes", "max_pixels", "shorter_side", "resize_mode", "jpeg_quality", "respect_robots")
 
 

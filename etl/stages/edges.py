@@ -98,7 +98,8 @@ class AsinIndex:
 @dataclass
 class PurchaseScan:
     """What streaming the reviews found; every non-blank line has exactly one fate, in this order:
-    bad_lines (`jsonl.decode_line`: not JSON, not an object, or over-long), missing_fields (no user_id or
+    bad_lines (`jsonl.decode_line`: not JSON, not an object, a lone surrogate escape, or over-long; the lines
+    the `reviews` stage quarantines as bad_json / not_an_object / bad_text), missing_fields (no user_id or
     parent_asin), unknown_product (parent_asin not in the node table), unverified (only with verified_only),
     purchases."""
 

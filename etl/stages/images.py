@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 import schemas
+from etl.core import executor as executors
 from etl.core.stage import Counts, StageContext, StageError, StageResult
 from etl.imaging.chunks import ChunkWriter, chunk_paths, read_latest
 from etl.imaging.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
@@ -36,7 +37,8 @@ PROGRESS_EVERY = 64  # results between progress-bar postfix updates
 
 
 def is_final(status: str, http_status: int | None) -> bool:
-    """A result worth keeping on resume; retriable ones (timeouts, connection errors, 429/5xx) are fetched again."""
+    """A result worth keeping on resume; retriable ones (timeouts, connection errors, empty bodies, 429/5xx) are
+    fetched again."""
     if status == "http_error":
         return http_status is None or not is_retriable(http_status)
     return status in FINAL_STATUSES
@@ -79,7 +81,9 @@ def run(ctx: StageContext) -> StageResult:
     if resumed:
         ctx.log.info("images: %d of %d nodes already have a final result; fetching %d", resumed, nodes.height,
                      len(jobs))
-    crawl = _crawl(ctx, jobs, chunks_dir) if jobs else {}
+    ray_cfg = ctx.cfg.executor
+    crawl = {} if not jobs else _crawl_ray(ctx, jobs, chunks_dir) if ray_cfg.kind == "ray" else _crawl(
+        ctx, jobs, chunks_dir)
 
     status = read_latest(chunks_dir).filter(pl.col("node_id").is_in(nodes["node_id"].implode()))
     if status.height != nodes.height:
@@ -98,6 +102,8 @@ def run(ctx: StageContext) -> StageResult:
         "chunks": len(chunk_paths(chunks_dir)),
         "resumed_final": resumed,
         "this_run": crawl,
+        "executor": crawl.pop("executor", None) or (executors.local_description() if ray_cfg.kind == "local"
+                                                     else {"kind": "ray", "workers": 0, "tasks": 0}),
     }
     return StageResult(
         outputs={"status": status_path, "chunks": chunks_dir},
@@ -132,4 +138,66 @@ def _crawl(ctx: StageContext, jobs: list[CrawlJob], chunks_dir: Path) -> dict[st
     out.update(workers=settings.workers, concurrency=settings.concurrency)
     ctx.log.info("images: %d results in %.1fs (%.1f images/s, %d ok)", stats.results, stats.elapsed_s,
                  out["images_per_s"], stats.status["ok"])
+    return out
+
+
+def _crawl_ray(ctx: StageContext, jobs: list[CrawlJob], chunks_dir: Path) -> dict[str, Any]:
+    """The same crawl as Ray tasks over partitions of `jobs` (etl/imaging/distributed.py); the driver writes each
+    partition's rows once, when its task completes, so a task rerun after a worker died leaves no duplicate."""
+    import time
+
+    from etl.imaging.distributed import (
+        HostLimiter,
+        ProgressBoard,
+        crawl_partition,
+        merge_stats,
+        task_settings,
+    )
+
+    session = executors.connect(ctx.cfg.executor)
+    ray = session.ray
+    settings = task_settings(CrawlSettings.from_config(ctx.cfg.images, ctx.cfg.http), session.workers,
+                             ctx.cfg.executor.task_cpus)
+    limiter = ray.remote(num_cpus=0, max_restarts=-1)(HostLimiter).remote(ctx.cfg.images.per_host_rps)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    parts = executors.split(jobs, session.partitions(len(jobs)))
+    task = session.remote(crawl_partition)
+    shared = (ray.put(settings), ray.put(ctx.cfg.http), tuple(ctx.opts.allow_hosts),
+              tuple(ctx.opts.image_url_rewrite), limiter, board)
+    writer = ChunkWriter(chunks_dir, ctx.cfg.images.chunk_rows)
+    bar = ctx.progress(total=len(jobs), desc=f"images (ray, {session.workers} workers)", unit="img")
+    stats, written, ok = [], 0, 0
+    started = time.perf_counter()
+
+    def on_done(index: int, result: tuple[Any, Any]) -> None:
+        nonlocal written, ok
+        table, part_stats = result
+        if table.num_rows != len(parts[index]):
+            raise StageError(f"images: partition {index} returned {table.num_rows} rows for "
+                             f"{len(parts[index])} nodes")
+        writer.write_table(table)
+        stats.append(part_stats)
+        written += table.num_rows
+        ok += part_stats.status["ok"]
+
+    def on_poll() -> None:
+        done, _ = ray.get(board.totals.remote())
+        bar.n = max(written, min(done, len(jobs)))
+        bar.set_postfix(ok=f"{ok / written:.1%}" if written else "-", refresh=False)
+        bar.refresh()
+
+    try:
+        tasks = executors.run_tasks(session, task, ((i, part, *shared) for i, part in enumerate(parts)),
+                                    on_done, on_poll)
+        _, retried = ray.get(board.totals.remote())
+    finally:
+        bar.close()
+        for actor in (limiter, board):
+            ray.kill(actor)
+    total = merge_stats(stats, time.perf_counter() - started)
+    out = total.as_dict()
+    out.update(workers=settings.workers, concurrency=settings.concurrency,
+               executor=session.describe(tasks, retried))
+    ctx.log.info("images: %d results in %.1fs on %d Ray workers (%.1f images/s, %d ok, %d task reruns)",
+                 total.results, total.elapsed_s, session.workers, out["images_per_s"], total.status["ok"], retried)
     return out

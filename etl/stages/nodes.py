@@ -5,7 +5,8 @@ lines, pyarrow's JSON reader with a fixed schema, bisection around broken lines,
 lines); the 5 GB Electronics file is never held whole. Cleaning runs vectorised per batch (etl/parse/text.py).
 
 Records. Each non-blank line is one input record with exactly one fate, checked in this order:
-`bad_json` (not JSON or not UTF-8) / `not_an_object` (valid JSON that is not an object), `bad_id` (id missing
+`bad_json` (not JSON or not UTF-8) / `not_an_object` (valid JSON that is not an object) / `bad_text` (a lone
+surrogate escape anywhere in the line: the one reader's rule, etl/parse/jsonl.py), `bad_id` (id missing
 or not `^[A-Z0-9]{10}$`, no normalisation), `duplicate_id` (an earlier record with a valid id had the same id:
 the first occurrence claims the id even if it is rejected below), `no_title` (empty after cleaning),
 `no_image_url` (no http(s) candidate); otherwise the record is kept and gets the next `node_id` (0..N-1 in
@@ -19,7 +20,7 @@ capped by the `nodes.*` limits; list items that clean to "" are dropped; empty s
 price: numbers and "$1,299.99" parse; a range "$5.99 - $12.99" -> its lower bound (the price the listing
 shows as "from"); "None", "", null and anything else -> null. image_url: 2023 `images` with the MAIN variant
 first, then in list order, each offering hi_res > large > thumb; 2018 every imageURLHighRes, then imageURL;
-the first http(s) URL wins.
+the first http(s) URL without whitespace or control characters wins.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ from slipio import atomic
 
 VERSION = "1"
 
-URL_PATTERN = r"^(?i)https?://[^\s/?#]+[^\s]*$"
-REASONS = ("bad_json", "not_an_object", "bad_id", "duplicate_id", "no_title", "no_image_url")
+URL_PATTERN = r"^(?i)https?://[^\s\p{Cc}/?#]+[^\s\p{Cc}]*$"  # no whitespace or control characters (NUL)
+REASONS = (*jsonl.BAD_LINE_REASONS, "bad_id", "duplicate_id", "no_title", "no_image_url")
 
 _IMAGE_2023 = pl.Struct({"thumb": pl.String, "large": pl.String, "variant": pl.String, "hi_res": pl.String})
 RAW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {

@@ -2,13 +2,18 @@
 
 The folder (`releases/<release.version>/`) is built under a temporary name beside its final place, checked with
 `validate_release` (the same check users run), and only then renamed into place, so a release folder that exists
-under its final name is complete and valid. Shard tars are hard-linked from work/shards (copied across file
-systems). An existing release of the same version is replaced only if it was built from exactly the same inputs
-and config (same stage fingerprint) or the stage was forced; anything else is refused, because a version must
-name one set of bytes.
+under its final name is complete and valid. Shard tars are copied (reflinked where the file system can), never
+hard-linked: a release shares no inode with work/, so editing one cannot change the other. Every input is checked
+against the sha256 its stage recorded before it goes in (copied files while they are copied), so a work file edited
+after its stage finished is refused, naming it, instead of being signed into a manifest. An existing release of
+the same version is replaced only if it was built from exactly the same inputs and config (same stage
+fingerprint) or the stage was forced; anything else is refused, because a version must name one set of bytes.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +41,7 @@ from etl.release.shardformat import PLAN_TABLE, SIZES_FILE
 from etl.release.validate import validate_release
 from slipio import atomic
 from slipio.hashing import file_sha256
+from slipio.paths import UnsafePath, resolve_inside
 
 VERSION = "1"
 
@@ -71,7 +77,8 @@ def run(ctx: StageContext) -> StageResult:
         shutil.rmtree(tmp, ignore_errors=True)
     listed = json.loads((final / "manifest.json").read_text(encoding="utf-8"))["files"]
     return StageResult(outputs={"release": final}, counts=Counts(input=nodes.height, kept=nodes.height),
-                       stats={"release_dir": str(final.resolve()), "version": cfg.version, "name": name,
+                       stats={"release_dir": final.relative_to(ctx.opts.dataset_root).as_posix(),
+                              "version": cfg.version, "name": name,
                               "nodes": nodes.height, "files": len(listed)},
                        provenance={"fingerprint": fingerprint},
                        known_hashes={"release": {rel: (f["sha256"], f["bytes"]) for rel, f in listed.items()}})
@@ -114,35 +121,98 @@ def _write_contents(ctx: StageContext, dest: Path) -> pl.DataFrame:
                                   "reviews.parquet": ("reviews", "reviews")}.items():
         schema = name.removesuffix(".parquet")
         try:
-            table = schemas.conform(pq.read_table(ctx.input(stage, output)), schema)
+            table = schemas.conform(pq.read_table(verified_input(ctx, stage, output)), schema)
         except (ValueError, TypeError) as exc:  # missing column or an uncastable type upstream
             raise StageError(f"the {stage} stage's {output} table does not match schema {schema!r} ({exc}); "
                              f"rerun it (slip-etl {stage} --force)") from None
         atomic.write_parquet(dest / name, table)
-    shutil.copyfile(ctx.input("labels", "labels"), dest / "labels.json")
-    shards_src = ctx.input("shards", "shards")
-    (dest / "shards").mkdir()
-    for tar in sorted(shards_src.glob("*.tar")):
-        link_or_copy(tar, dest / "shards" / tar.name)
-    shutil.copyfile(shards_src / SIZES_FILE, dest / "shards" / SIZES_FILE)
+    labels = ctx.input("labels", "labels")
+    _check_copy(labels, copy_hashed(labels, dest / "labels.json"), ctx.recorded("labels", "labels"), "labels")
+    _copy_shards(ctx, dest / "shards")
     return nodes
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link (no extra space; tars are immutable once written), or copy across file systems."""
+def _copy_shards(ctx: StageContext, dest: Path) -> None:
+    """Copy the shards stage's folder (tars + sizes.json), each file checked against the shards record."""
+    src = ctx.input("shards", "shards")
+    recorded = ctx.recorded("shards", "shards")
+    members = recorded.get("members")
+    names = sorted(members) if members is not None else sorted(
+        p.name for p in src.iterdir() if p.is_file() and atomic.TMP_MARK not in p.name)
+    if SIZES_FILE not in names:
+        raise StageError(f"the shards stage's folder {src} has no {SIZES_FILE}; rerun it (slip-etl shards --force)")
+    dest.mkdir()
+    folder_hash = hashlib.sha256()
+    for name in names:
+        try:
+            source = resolve_inside(src, name)
+            target = resolve_inside(dest, name)
+        except UnsafePath as exc:
+            raise StageError(f"the shards stage's record lists an unsafe file ({exc}); rerun it "
+                             f"(slip-etl shards --force)") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        got = copy_hashed(source, target)
+        if members is not None:
+            _check_copy(source, got, members[name], "shards")
+        folder_hash.update(f"{name}\0{got[0]}\n".encode())
+    if members is None and folder_hash.hexdigest() != recorded.get("sha256"):
+        raise StageError(f"the files in {src} are not the ones the shards stage recorded (folder sha256 differs); "
+                         f"rerun it (slip-etl shards --force)")
+
+
+def verified_input(ctx: StageContext, stage: str, output: str) -> Path:
+    """An upstream file output, after checking its bytes are the ones its stage recorded."""
+    path = ctx.input(stage, output)
+    _check_copy(path, file_sha256(path), ctx.recorded(stage, output), stage)
+    return path
+
+
+def _check_copy(path: Path, got: tuple[str, int], want: dict[str, Any], stage: str) -> None:
+    if (got[0], got[1]) != (want.get("sha256"), want.get("bytes")):
+        raise StageError(f"{path} is not the file the {stage} stage wrote (sha256 {got[0][:16]}, {got[1]} bytes; "
+                         f"recorded {str(want.get('sha256'))[:16]}, {want.get('bytes')} bytes): it changed after "
+                         f"that stage finished, so it is not put in a release; rerun it (slip-etl {stage} --force)")
+
+
+FICLONE = 0x40049409  # Linux ioctl: share the source's extents copy-on-write (btrfs, XFS, ...)
+COPY_CHUNK = 1 << 20
+
+
+def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy `src` to a new file `dst` — a reflink where the file system can, else a byte copy, never a hard link —
+    and return (sha256, bytes) of what `dst` holds, reading the bytes once."""
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        if _reflink(fin.fileno(), fout.fileno()):
+            return file_sha256(dst)
+        h = hashlib.sha256()
+        size = 0
+        while chunk := fin.read(COPY_CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _reflink(src_fd: int, dst_fd: int) -> bool:
+    """Whether the file system cloned src into dst (False where it cannot: ext4, tmpfs, across file systems)."""
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EBADF,
+                         errno.EPERM):
+            return False
+        raise
+    return True
 
 
 def release_nodes(ctx: StageContext) -> pl.DataFrame:
     """Kept nodes joined with label, label_name, split and image_status (`ok` = the node is in a shard)."""
-    kept = (pl.read_parquet(ctx.input("edges", "node_filter"), columns=["node_id", "kept"])
+    kept = (pl.read_parquet(verified_input(ctx, "edges", "node_filter"), columns=["node_id", "kept"])
             .filter(pl.col("kept")).select("node_id"))
-    nodes = pl.read_parquet(ctx.input("nodes", "nodes"))
-    labels = pl.read_parquet(ctx.input("labels", "node_labels"), columns=["node_id", "label", "label_name", "split"])
-    status = pl.read_parquet(ctx.input("images", "status"), columns=["node_id", "status"])
+    nodes = pl.read_parquet(verified_input(ctx, "nodes", "nodes"))
+    labels = pl.read_parquet(verified_input(ctx, "labels", "node_labels"),
+                             columns=["node_id", "label", "label_name", "split"])
+    status = pl.read_parquet(verified_input(ctx, "images", "status"), columns=["node_id", "status"])
     sharded = (pl.read_parquet(ctx.input("shards", "shards").parent / PLAN_TABLE, columns=["node_id"])
                .with_columns(pl.lit(True).alias("in_shard")))
     table = (kept.join(nodes, on="node_id", how="left").join(labels, on="node_id", how="left")

@@ -1,7 +1,7 @@
 """Stage `reviews`: up to K cleaned reviews per kept product (Amazon 2023 reviews).
 
 Every non-blank line of the reviews file has exactly one fate, decided in this order:
-rejected (quarantine.parquet) `bad_json` / `not_an_object` (as in `nodes`), `no_user_id`; filtered
+rejected (quarantine.parquet) `bad_json` / `not_an_object` / `bad_text` (as in `nodes`), `no_user_id`; filtered
 `unknown_product` (parent_asin is not a node), `filtered_node` (a node the graph filters removed:
 node_filter.kept is false or the node is missing there), `short_text` (fewer than `reviews.min_text_chars`
 characters after cleaning), `duplicate` (same user, product, cleaned text and timestamp as an earlier line: the

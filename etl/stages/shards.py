@@ -19,6 +19,8 @@ The leaf category is the last element of `category_path` (else `main_category`; 
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from etl.config import ShardsConfig
+from etl.core import executor as executors
 from etl.core.stage import Counts, StageContext, StageError, StageResult
 from etl.graph.filters import distinct_pairs
 from etl.graph.ordering import (
@@ -78,9 +81,13 @@ def run(ctx: StageContext) -> StageResult:
     meta = json.loads(plan_meta.read_text(encoding="utf-8"))
 
     todo = [s for s in meta["shards"] if not _is_done(out, s["name"])]
+    executor = executors.local_description()
     if todo:
         ctx.log.info("shards: writing %d of %d shards", len(todo), len(meta["shards"]))
-        _write_shards(ctx, pl.read_parquet(out / PLAN_TABLE), todo)
+        if ctx.cfg.executor.kind == "ray":
+            executor = _write_shards_ray(ctx, pl.read_parquet(out / PLAN_TABLE), todo)
+        else:
+            _write_shards(ctx, pl.read_parquet(out / PLAN_TABLE), todo)
     atomic.write_json(shards_dir / SIZES_FILE, {s["name"]: s["samples"] for s in meta["shards"]})
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
 
@@ -99,6 +106,7 @@ def run(ctx: StageContext) -> StageResult:
         "ordering": meta["ordering"],
         "caption": cfg.caption,
         "resumed_shards": len(meta["shards"]) - len(todo),
+        "executor": executor,
     }
     written = {s["name"]: _done_record(out, s["name"]) or {} for s in meta["shards"]}
     return StageResult(outputs={"shards": shards_dir},
@@ -410,3 +418,50 @@ def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> 
                 tar.add(f"{key}.{ext}", data)
         tar.close()
     return tar.sha256, tar.bytes
+
+
+# --- writing on Ray: one task per shard builds the tar in memory, the driver writes it -------------------------
+
+
+def _write_shards_ray(ctx: StageContext, plan: pl.DataFrame, todo: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same tars as `_write_shards`, built by Ray tasks: the driver reads each shard's members (it holds the
+    staged JPEGs), a task builds the tar and returns its bytes and sha256, the driver checks and writes them once
+    (no shared filesystem; a rerun task leaves nothing behind). At most two shards per worker are in flight."""
+    session = executors.connect(ctx.cfg.executor)
+    index = _staged_index(ctx)
+    offsets = dict(zip(index["node_id"].to_list(), zip(index["offset"].to_list(), index["length"].to_list())))
+    rows = plan.filter(pl.col("shard").is_in([s["name"] for s in todo]))
+    groups = list(rows.group_by("shard", maintain_order=True))
+    task = session.remote(tar_bytes)
+    bar = ctx.progress(total=len(todo), desc=f"shards (ray, {session.workers} workers)", unit="shard")
+
+    with open(ctx.out_dir / STAGING_DIR / "blobs.bin", "rb") as blobs:
+        def args() -> Iterator[tuple[Any, ...]]:
+            for (name,), group in groups:  # read lazily: only the shards in flight are in memory
+                yield name, list(_samples(group, offsets, blobs.fileno()))
+
+        def on_done(i: int, result: tuple[str, bytes, str, int]) -> None:
+            name, data, digest, samples = result
+            if hashlib.sha256(data).hexdigest() != digest or samples != groups[i][1].height:
+                raise StageError(f"shards: the tar of {name} came back damaged from its Ray task; rerun")
+            atomic.write_bytes(ctx.out_dir / SHARDS_DIR / name, data)
+            atomic.write_json(ctx.out_dir / DONE_DIR / f"{name}.json",
+                              {"sha256": digest, "bytes": len(data), "samples": samples})
+            bar.update()
+
+        try:
+            tasks = executors.run_tasks(session, task, args(), on_done)
+        finally:
+            bar.close()
+    return session.describe(tasks, retried=0)
+
+
+def tar_bytes(name: str, samples: list[tuple[str, dict[str, bytes]]]) -> tuple[str, bytes, str, int]:
+    """Ray task: one WebDataset tar in memory (the bytes `write_shard` writes); (name, bytes, sha256, samples)."""
+    buffer = io.BytesIO()
+    tar = TarWriter(buffer)
+    for key, members in samples:
+        for ext, data in members.items():
+            tar.add(f"{key}.{ext}", data)
+    tar.close()
+    return name, buffer.getvalue(), tar.sha256, len(samples)

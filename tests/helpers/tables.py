@@ -15,11 +15,12 @@ def asin(i: int) -> str:
 
 
 def write_nodes(path: Path, n: int, also_buy: dict[int, list[str]] | None = None,
-                also_view: dict[int, list[str]] | None = None, paths: list[list[str]] | None = None) -> Path:
-    """A valid nodes.parquet of n products (ASINs `asin(i)`), with the given lists and category paths."""
+                also_view: dict[int, list[str]] | None = None, paths: list[list[str]] | None = None,
+                asins: list[str] | None = None) -> Path:
+    """A valid nodes.parquet of n products (ASINs `asin(i)`, or `asins`), with the given lists and category paths."""
     also_buy, also_view = also_buy or {}, also_view or {}
     df = pl.DataFrame({
-        "node_id": np.arange(n, dtype=np.int64), "asin": [asin(i) for i in range(n)],
+        "node_id": np.arange(n, dtype=np.int64), "asin": asins or [asin(i) for i in range(n)],
         "title": [f"product {i}" for i in range(n)], "features": [[] for _ in range(n)],
         "description": [""] * n, "store": [None] * n, "main_category": [None] * n,
         "category_path": paths or [["Electronics"] for _ in range(n)], "price": [None] * n,
