@@ -267,14 +267,23 @@ def test_out_whose_dataset_root_is_a_file(tmp_path):
     assert_input_error(done, "slip-etl", f"{tmp_path / 'sample-electronics'} is a file, not a folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only (chmod) folder; only a read-only mount "
-                    "stops it, and the check (create a temp file) is the same code path as the cases above")
 def test_out_that_cannot_be_written(tmp_path):
+    """A read-only folder: a read-only tmpfs mount when root (root writes through a chmod 555 folder anyway, and CI
+    runs as root), a chmod 555 folder otherwise."""
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o555)
+    as_root = os.geteuid() == 0
+    if as_root:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                                 capture_output=True, text=True)
+        assert mounted.returncode == 0, f"cannot mount a read-only tmpfs for this test: {mounted.stderr}"
+    else:
+        locked.chmod(0o555)
     try:
         done = cli("slip-etl", "build", "--source", "sample", "--out", str(locked))
         assert_input_error(done, "slip-etl", f"--out {locked}: cannot write to {locked / 'sample-electronics'}")
     finally:
-        locked.chmod(0o755)
+        if as_root:
+            subprocess.run(["umount", str(locked)], check=True)
+        else:
+            locked.chmod(0o755)

@@ -41,9 +41,9 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"
        "RAY_agent_register_timeout_ms": "120000", "PYTHONUNBUFFERED": "1"}
 os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")  # this process's driver too
 NODE = ["--num-cpus", "1", "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats"]
-# 120 products at 20 requests/s for the whole cluster: the crawl lasts long enough to kill a task in it.
+# 120 products at 8 requests/s for the whole cluster: every partition lasts >= 14 s, long enough to kill it mid-crawl.
 SMALL = ["--set", "sources.sample.sample_products=120", "--set", "labels.min_class_size=5",
-         "--set", "shards.max_samples=32", "--set", "images.per_host_rps=20", "--set", "images.workers=1"]
+         "--set", "shards.max_samples=32", "--set", "images.per_host_rps=8", "--set", "images.workers=1"]
 VOLATILE = {"fetched_at"}
 ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
@@ -169,8 +169,20 @@ def local_build(tmp_path_factory):
 
 
 def test_ray_survives_a_killed_worker_and_matches_local(cluster, local_build, tmp_path):
+    """A crawl task is SIGKILLed mid-partition: Ray reruns it and the outputs are still exactly the local ones.
+
+    Whether the kill lands inside the task is timing (a partition that finished just before it needs no rerun), so
+    the scenario is repeated in a fresh dataset root until a rerun was seen (at most 3 times); the outputs are
+    checked on every attempt."""
     address, _ = cluster
-    out = tmp_path / "ray"
+    for attempt in range(3):
+        images = _crawl_with_a_kill(address, local_build, tmp_path / f"ray-{attempt}")
+        if images["stats"]["executor"]["task_retries"] >= 1:
+            break
+    assert images["stats"]["executor"]["task_retries"] >= 1, "no attempt killed a task before it finished"
+
+
+def _crawl_with_a_kill(address: str, local_build: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "etl.cli", "shards", "--source", "sample", "--out", str(out), "--no-progress",
            *SMALL, "--executor", "ray", "--ray-address", address, "--set", "executor.tasks_per_worker=1"]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
@@ -179,7 +191,9 @@ def test_ray_survives_a_killed_worker_and_matches_local(cluster, local_build, tm
     while killed is None and driver.poll() is None and time.monotonic() < deadline:
         for p in psutil.process_iter(["cmdline"]):
             if (p.info["cmdline"] or [""])[0].startswith("ray::crawl_partition"):
-                time.sleep(1.0)  # let it get into its partition, then kill it mid-crawl (still in the task)
+                # let it get past its start (counted by the board) into its partition, then kill it mid-crawl:
+                # 111 requests at 8/s for the cluster keep both partitions busy for >= 14 s
+                time.sleep(2.5)
                 if p.cmdline()[0].startswith("ray::crawl_partition"):
                     p.send_signal(signal.SIGKILL)
                     killed = p.pid
@@ -193,7 +207,6 @@ def test_ray_survives_a_killed_worker_and_matches_local(cluster, local_build, tm
     images = _record(root, "images")
     assert images["stats"]["executor"]["kind"] == "ray"
     assert images["stats"]["executor"]["workers"] >= 2
-    assert images["stats"]["executor"]["task_retries"] >= 1, "the killed task was not rerun"
     assert _record(root, "shards")["stats"]["executor"]["kind"] == "ray"
     # nothing lost, nothing doubled: every kept node's row was written exactly once, by the driver
     ids = _chunk_node_ids(root)
@@ -204,6 +217,7 @@ def test_ray_survives_a_killed_worker_and_matches_local(cluster, local_build, tm
     # (shards' fingerprint covers status.parquet's bytes, whose fetched_at differs between any two crawls)
     assert _record(root, "images")["fingerprint"] == _record(local_build, "images")["fingerprint"]
     assert _record(local_build, "images")["stats"]["executor"] == {"kind": "local", "workers": 1}
+    return images
 
 
 def _jpeg(seed: int) -> bytes:
