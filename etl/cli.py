@@ -18,7 +18,8 @@ from etl.config import ConfigError, PipelineConfig, load_config
 from etl.core.executor import check_executor
 from etl.core.stage import RunOptions, StageError, output_path, run_stages
 from etl.stages import STAGES
-from slipio.cli import BAD_INPUT, FAILED, Command, InputError, described, fail, new_app, run
+from slipio.cli import BAD_INPUT, FAILED, Command, described, fail, new_app, run
+from slipio.inputs import InputError
 
 PROG = "slip-etl"
 app = new_app(described(

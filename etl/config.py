@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from slipio.cli import InputError, read_config_text, yaml_problem
+from slipio.inputs import InputError, read_config_text, yaml_problem
 
 # The fields each name template is formatted with (etl/stages/release.py: release.name; etl/stages/fetch.py and
 # the stage registry: sources.*.files). A template with any other field is refused when the config loads.

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from helpers.training import make_train_assets
-from slipio.cli import SECTION_ORDER, InputError
+from slipio.cli import SECTION_ORDER
+from slipio.inputs import InputError
 from trainer.cli import eval_main, spread_list_values, train_main
 from trainer.eval_config import build_eval_config
 

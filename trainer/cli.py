@@ -20,7 +20,8 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 import typer
 from pydantic import BaseModel
 
-from slipio.cli import BAD_INPUT, FAILED, Command, InputError, described, error, new_app, read_mapping, run
+from slipio.cli import BAD_INPUT, FAILED, Command, described, error, new_app, run
+from slipio.inputs import InputError, read_mapping
 
 _TRAIN_HELP = described(
     "Train SLIP (CLIP + graph attention over co-purchase neighbours + structural loss) or the CLIP baseline on a "

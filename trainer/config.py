@@ -151,7 +151,7 @@ TrainConfig = config_class()
 
 def build_config(**values: Any) -> BaseTrainConfig:
     """The validated config for `values` (a config file's mapping with the flags given on top); errors name the bad
-    key. Reading the file is the CLI's job (`slipio.cli.read_mapping`)."""
+    key. Reading the file is the CLI's job (`slipio.inputs.read_mapping`)."""
     try:
         return config_class()(**values)
     except ValidationError as exc:

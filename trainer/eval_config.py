@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slipio.cli import InputError, read_mapping
+from slipio.inputs import InputError, read_mapping
 
 _INPUT = {"panel": "Input"}
 _PROTOCOL = {"panel": "Protocol"}

@@ -20,7 +20,7 @@ from typing import Any
 
 from etl.config import ExecutorConfig
 from etl.core.stage import StageError
-from slipio.cli import InputError
+from slipio.inputs import InputError
 
 log = logging.getLogger("slip_etl")
 

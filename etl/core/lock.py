@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slipio.cli import InputError
+from slipio.inputs import InputError
 
 LOCK_FILE = ".lock"
 POLL_S = 0.2

@@ -22,7 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from etl.release.validate import validate_release
-from slipio.cli import InputError
+from slipio.inputs import InputError
 from slipio.paths import UnsafePath, resolve_inside
 
 HF_PATTERN = re.compile(r"^hf://datasets/([A-Za-z0-9][A-Za-z0-9._-]*)/([A-Za-z0-9][A-Za-z0-9._-]*)/?$")
