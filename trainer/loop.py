@@ -281,7 +281,7 @@ class Trainer:
             stats = batch_graph_stats(node_ids, edge_index)
         with self._autocast():
             out = self.forward(images, tokens, edge_index, edge_weight, gather)
-        terms = self.method.loss_terms(self.model, out, BatchContext(node_ids, edge_index, edge_weight))
+        terms = self.method.loss_terms(self.model, out, BatchContext(node_ids, edge_index, edge_weight, tokens))
         loss = weighted_sum(terms, self.term_weights)
         self.scaler.scale(loss / self.cfg.accum).backward()
         values = {name: term.item() for name, term in terms.items()}

@@ -127,13 +127,29 @@ class ContrastiveModel(nn.Module):
         """Encoder outputs (image_emb, text_emb, logit_scale) plus what the method's forward adds. `gather` (DDP)
         maps local embeddings to the global batch before the method's parts, so `edge_index` must index the
         global batch."""
-        image_emb = self.encode_image(images)
-        text_emb = self.encode_text(tokens)
+        local = self.encode(images, tokens)
+        image_emb, text_emb = local.pop("image_emb"), local.pop("text_emb")
         if gather is not None:
             image_emb, text_emb = gather(image_emb), gather(text_emb)
-        out = {"image_emb": image_emb, "text_emb": text_emb, "logit_scale": self.clip.logit_scale.exp()}
+        out = {"image_emb": image_emb, "text_emb": text_emb, "logit_scale": self.clip.logit_scale.exp(), **local}
         out.update(self.method.forward(self, out, edge_index, edge_weight))
         return out
+
+    def encode(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        """This rank's encoder outputs: normalised image_emb and text_emb, plus `image_tokens` [b, n, width] (the
+        ViT's patch tokens before the projection) for a method with `needs_image_tokens`."""
+        if not self.method.needs_image_tokens:
+            return {"image_emb": self.encode_image(images), "text_emb": self.encode_text(tokens)}
+        visual = self.clip.visual
+        if not hasattr(visual, "output_tokens"):
+            raise TypeError(f"method {self.method.name} needs a ViT image tower (patch tokens)")
+        visual.output_tokens = True
+        try:
+            pooled, patch_tokens = visual(images)
+        finally:
+            visual.output_tokens = False
+        return {"image_emb": F.normalize(pooled, dim=-1), "text_emb": self.encode_text(tokens),
+                "image_tokens": patch_tokens}
 
     @torch.no_grad()
     def clamp_scales_(self) -> None:

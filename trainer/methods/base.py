@@ -32,6 +32,7 @@ class BatchContext:
     node_ids: Tensor  # [B] product ids
     edge_index: Optional[Tensor] = None  # [2, E] in-batch edges (PyG convention); None without a graph
     edge_weight: Optional[Tensor] = None  # [E]
+    tokens: Optional[Tensor] = None  # [b, L] this rank's caption token ids (local micro-batch, not gathered)
 
 
 class Method:
@@ -43,6 +44,7 @@ class Method:
     Options: ClassVar[type[BaseModel]] = NoOptions
     needs_graph: ClassVar[bool] = False  # the loop must give forward/loss_terms the in-batch edges every step
     refines_embeddings: ClassVar[bool] = False  # has a `graph_refine` (evaluation then also scores refined vectors)
+    needs_image_tokens: ClassVar[bool] = False  # forward outputs also carry `image_tokens` (ViT patch tokens, local)
     no_decay: ClassVar[tuple[str, ...]] = ()  # parameter-name markers AdamW must not decay (scales, gains)
 
     def __init__(self, cfg: TrainConfig):
