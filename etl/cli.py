@@ -18,6 +18,7 @@ from etl.config import ConfigError, PipelineConfig, load_config
 from etl.core.executor import check_executor
 from etl.core.stage import RunOptions, StageError, output_path, run_stages
 from etl.stages import STAGES
+from slipio import verbosity
 from slipio.cli import BAD_INPUT, FAILED, Command, described, fail, new_app, run
 from slipio.inputs import InputError
 
@@ -62,8 +63,8 @@ ReleaseArg = Annotated[Path, typer.Argument(exists=True, file_okay=False, metava
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
-    logging.basicConfig(level=level, format="slip-etl %(levelname)s %(message)s", stream=sys.stderr, force=True)
+    """Our INFO lines; third-party INFO and library warnings only with -v (slipio.verbosity)."""
+    verbosity.configure(verbose, "slip-etl %(levelname)s %(message)s", force=True)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -65,6 +66,8 @@ class SourceConfig(_Strict):
     category_names: dict[str, str] = Field(default_factory=dict)
     sample_products: int = Field(3000, ge=50)
     sample_seed: int = 0
+    # the sample's regime (etl.sample.knobs.SampleKnobs; checked when the sample is generated): {} = the default
+    sample_knobs: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("files")
     @classmethod
@@ -80,6 +83,14 @@ class SourceConfig(_Strict):
         if self.format == "amazon-2023" and "reviews" not in self.files:
             raise ValueError("files.reviews is required for format amazon-2023 (edges come from purchases)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Leave unset sample knobs out, so a default build's recorded config (release manifest) is unchanged."""
+        data = handler(self)
+        if not self.sample_knobs:
+            data.pop("sample_knobs", None)
+        return data
 
 
 class HttpConfig(_Strict):

@@ -43,6 +43,7 @@ def dataset_summary(root: Path) -> str:
 
 def _stage_table(root: Path, records: dict[str, Any]) -> str:
     rows = [("stage", "status", "seconds", "input", "kept", "rejected", "filtered")]
+    reasons: list[str] = []
     for name in [*STAGES, *sorted(set(records) - set(STAGES))]:
         rec = records.get(name, "absent")
         if rec == "absent":
@@ -54,8 +55,23 @@ def _stage_table(root: Path, records: dict[str, Any]) -> str:
         c = rec.get("counts", {})
         status = "done" if outputs_intact(root, rec) else "done, outputs changed since"
         rows.append((name, status, f"{rec.get('duration_s', 0):.1f}", str(c.get("input", "")),
-                     str(c.get("kept", "")), format_reasons(c.get("rejected")), format_reasons(c.get("filtered"))))
-    return _columns(rows)
+                     str(c.get("kept", "")), _total(c.get("rejected")), _total(c.get("filtered"))))
+        reasons += _reason_lines(name, c)
+    return _columns(rows, numeric=(2, 3, 4, 5, 6)) + _reasons_block(reasons)
+
+
+def _total(reasons: dict[str, int] | None) -> str:
+    """The count in a table cell; the reasons go below the table (one long cell would widen the whole column)."""
+    return str(sum(reasons.values())) if reasons else "0"
+
+
+def _reason_lines(stage: str, counts: dict[str, Any]) -> list[str]:
+    return [f"  {stage} {kind}: {format_reasons(counts[kind])}" for kind in ("rejected", "filtered")
+            if counts.get(kind)]
+
+
+def _reasons_block(lines: list[str]) -> str:
+    return "\n\nby reason:\n" + "\n".join(lines) if lines else ""
 
 
 def _headlines(stats: dict[str, dict[str, Any]]) -> list[str]:
@@ -113,14 +129,18 @@ def release_summary(folder: Path) -> str:
         "",
     ]
     rows = [("stage", "seconds", "input", "kept", "rejected", "filtered")]
+    reasons: list[str] = []
     for name, rec in stats.get("stages", {}).items():
         c = rec.get("counts") or {}
         rows.append((name, f"{rec.get('duration_s') or 0:.1f}", str(c.get("input", "")), str(c.get("kept", "")),
-                     format_reasons(c.get("rejected")), format_reasons(c.get("filtered"))))
-    lines.append(_columns(rows))
+                     _total(c.get("rejected")), _total(c.get("filtered"))))
+        reasons += _reason_lines(name, c)
+    lines.append(_columns(rows, numeric=(1, 2, 3, 4, 5)) + _reasons_block(reasons))
     return "\n".join(lines)
 
 
-def _columns(rows: list[tuple[str, ...]]) -> str:
+def _columns(rows: list[tuple[str, ...]], numeric: tuple[int, ...] = ()) -> str:
+    """Columns as wide as their longest cell, two spaces apart; `numeric` columns right-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows)

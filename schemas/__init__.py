@@ -2,7 +2,7 @@
 
 A schema is a JSON file beside this module: `{name, version, columns: [{name, type, nullable}], unique}` for
 tables, `{name, version, fields: [...]}` for JSON records. Types: int32, int64, float32, float64, string, bool,
-binary, list<string>.
+binary, list<string>; records also object (a JSON mapping, e.g. a bank's file list).
 
 `version` is the schema's MAJOR version (an int; `"M.m"` is read as major M): bump it when a column or field is
 removed, renamed, retyped or changes meaning. Each release manifest records the versions it was written with
@@ -36,7 +36,7 @@ _COMPATIBLE = {
     "list<string>": (lambda t: (pa.types.is_list(t) or pa.types.is_large_list(t))
                      and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)),),
 }
-_JSON_TYPES = {"int64": int, "int32": int, "string": str, "float64": (int, float), "bool": bool}
+_JSON_TYPES = {"int64": int, "int32": int, "string": str, "float64": (int, float), "bool": bool, "object": dict}
 
 
 @lru_cache(maxsize=None)

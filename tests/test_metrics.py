@@ -248,3 +248,72 @@ def test_fewshot_short_and_missing_classes() -> None:
     assert result["fewshot_5_acc1"] <= 2 / 3 + 1e-9
     with pytest.raises(ValueError, match="labelled train and test"):
         metrics.fewshot_metrics(train, torch.full((30,), -1), test, test_labels, n_classes=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# category- and neighbourhood-level retrieval, hand-computed
+
+# texts are e0..e4, so score(image i, text j) = _SCORES[i][j] and score(text j, image i) = _SCORES[i][j]
+_SCORES = torch.tensor([[0.1, 0.9, 0.5, 0.2, 0.0],
+                        [0.8, 0.3, 0.6, 0.1, 0.7],
+                        [0.2, 0.3, 0.4, 0.1, 0.9],
+                        [0.9, 0.8, 0.1, 0.2, 0.3],
+                        [0.0, 0.0, 0.0, 0.0, 1.0]])
+_TEXTS = torch.eye(5)
+
+
+def test_category_level_retrieval_by_hand() -> None:
+    """Labels 0 0 1 1 -1: a hit is any text (image) of the query's label; product 4 is unlabelled.
+
+    i2t: image 0 ranks text 1 (label 0, 0.9) first: rank 1; image 1 text 0 (0.8): 1; image 2 text 2 (0.4) under
+    the unlabelled text 4 (0.9): 2; image 3 its best label-1 text 3 (0.2) under 0.9, 0.8, 0.3: 4.
+    t2i (columns): text 0 best label-0 image 1 (0.8) under image 3 (0.9): 2; text 1 image 0 (0.9): 1; text 2
+    image 2 (0.4) under 0.5, 0.6: 3; text 3 image 3 (0.2) ties image 0 (0.2, label 0), ties go against: 2.
+    """
+    labels = torch.tensor([0, 0, 1, 1, -1])
+    out = metrics.category_retrieval_metrics(_SCORES, _TEXTS, labels, chunk_size=3, ks=(1, 2, 5))
+    assert out["cat_n"] == 4
+    assert out["i2t_cat_R@1"] == 0.5 and out["i2t_cat_R@2"] == 0.75 and out["i2t_cat_R@5"] == 1.0
+    assert out["i2t_cat_mrr"] == pytest.approx((1 + 1 + 1 / 2 + 1 / 4) / 4)
+    assert out["i2t_cat_mean_rank"] == 2.0
+    assert out["t2i_cat_R@1"] == 0.25 and out["t2i_cat_R@2"] == 0.75
+    assert out["t2i_cat_mrr"] == pytest.approx((1 / 2 + 1 + 1 / 3 + 1 / 2) / 4)
+    assert out["t2i_cat_mean_rank"] == 2.0 and out["t2i_cat_median_rank"] == 2.0
+    # the exact-pair ranks of the same scores are worse: category level is a looser relation
+    exact = metrics.retrieval_metrics(_SCORES, _TEXTS, ks=(1,))
+    assert exact["i2t_R@1"] == 0.2 < out["i2t_cat_R@1"]
+    assert metrics.category_retrieval_metrics(_SCORES, _TEXTS, torch.full((5,), -1)) == {}  # no labels, no scores
+
+
+def test_neighbourhood_level_retrieval_by_hand() -> None:
+    """Edges 0-2 and 1-3; a hit is the product itself or a neighbour.
+
+    i2t: image 0 {0, 2}: best 0.5 under 0.9: 2; image 1 {1, 3}: 0.3 under 0.8 0.6 0.7: 4; image 2 {2, 0}: 0.4
+    under 0.9: 2; image 3 {3, 1}: 0.8 under 0.9: 2; image 4 {4}: 1.
+    t2i: text 0 {0, 2}: image 2 (0.2) under 0.8 0.9: 3; text 1: image 3 (0.8) under 0.9: 2; text 2: image 0 (0.5)
+    under 0.6: 2; text 3: image 3 (0.2) ties image 0: 2; text 4: image 4 (1.0): 1.
+    """
+    neighbours = [[2], [3], [0], [1], []]
+    out = metrics.neighbour_retrieval_metrics(_SCORES, _TEXTS, neighbours, chunk_size=2, ks=(1, 2, 5))
+    assert out["i2t_nbr_R@1"] == pytest.approx(0.2) and out["i2t_nbr_R@2"] == pytest.approx(0.8)
+    assert out["i2t_nbr_mean_rank"] == pytest.approx(2.2)
+    assert out["i2t_nbr_mrr"] == pytest.approx((1 / 2 + 1 / 4 + 1 / 2 + 1 / 2 + 1) / 5)
+    assert out["t2i_nbr_R@1"] == pytest.approx(0.2) and out["t2i_nbr_R@2"] == pytest.approx(0.8)
+    assert out["t2i_nbr_mean_rank"] == pytest.approx(2.0)
+    assert out["t2i_nbr_mrr"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 2 + 1 / 2 + 1) / 5)
+    assert out["nbr_with_neighbour"] == pytest.approx(0.8)
+    # without neighbours it is exact-pair retrieval under other names; `same` widens "the product itself"
+    plain = metrics.neighbour_retrieval_metrics(_SCORES, _TEXTS, [[]] * 5)
+    exact = metrics.retrieval_metrics(_SCORES, _TEXTS)
+    assert all(plain[key.replace("_", "_nbr_", 1)] == value for key, value in exact.items())
+    widened = metrics.neighbour_retrieval_metrics(_SCORES, _TEXTS, [[]] * 5, same=[[0, 1], [1, 0], [2], [3], [4]])
+    assert widened["i2t_nbr_R@1"] == pytest.approx(0.6)  # images 0 and 1 rank each other's text first
+
+
+def test_label_ranks_refuse_unlabelled_queries_and_missing_positives() -> None:
+    with pytest.raises(ValueError, match="every query needs a label"):
+        metrics.label_retrieval_ranks(_SCORES, _TEXTS, torch.tensor([0, -1, 0, 0, 0]), torch.zeros(5))
+    with pytest.raises(ValueError, match="no candidate"):
+        metrics.label_retrieval_ranks(_SCORES[:1], _TEXTS, torch.tensor([3]), torch.tensor([0, 0, 1, 1, -1]))
+    with pytest.raises(ValueError, match="labels for"):
+        metrics.label_retrieval_ranks(_SCORES, _TEXTS, torch.zeros(4), torch.zeros(5))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import os
 import sys
 import types
@@ -20,17 +19,24 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 import typer
 from pydantic import BaseModel
 
+from slipio import verbosity
 from slipio.cli import BAD_INPUT, FAILED, Command, described, error, new_app, run
 from slipio.inputs import InputError, read_mapping
 
 _TRAIN_HELP = described(
     "Train SLIP (CLIP + graph attention over co-purchase neighbours + structural loss) or the CLIP baseline on a "
-    "SLIP-kit release.",
+    "SLIP-kit release. `slip-train encode --help`: an embedding bank of a release from frozen encoders.",
     "slip-train --release REL --method slip --model slip-tiny --batch-size 128 --workers 2 --steps 1000 --out RUN")
 _EVAL_HELP = described(
     "Evaluate a slip-train run on a release split (retrieval, zero-shot, few-shot, link prediction; SLIP runs also "
     "graph-aware). `slip-eval compare RUN...` puts evaluated runs side by side.",
     "slip-eval runs/slip --release REL --split test --json runs/slip/eval-test.json")
+_ENCODE_HELP = described(
+    "Embedding bank of a release: frozen image and text encoders run once over every node (images from the shards, "
+    "text from the node table), stored as fp16 with a manifest; resumable in chunks. Write it to REL/embeddings/NAME "
+    "to attach it to the release.",
+    "slip-train encode --release REL --image-encoder open_clip:ViT-B-32 --image-pretrained laion2b_s34b_b79k "
+    "--text-encoder st:all-MiniLM-L6-v2 --out REL/embeddings/clip-minilm")
 _COMPARE_HELP = described(
     "Side-by-side table and plots of evaluated runs: reads each RUN/eval-SPLIT.json (or a JSON path given "
     "directly) and RUN/log.jsonl.",
@@ -127,8 +133,8 @@ def _train_panels(model: type[BaseModel]) -> dict[str, str]:
 def config_command(model: type[BaseModel], help_text: str, panels: Optional[dict[str, str]] = None) -> typer.Typer:
     """A one-command typer app whose flags are `model`'s fields plus `--config FILE`.
 
-    The command returns (config file or None, {field: value} for the flags actually given), so defaults stay
-    the model's own and a flag overrides the file only when it is given.
+    The command returns (config file or None, {field: value} for the flags actually given, -v count), so defaults
+    stay the model's own and a flag overrides the file only when it is given.
     """
     panels = {name: panels.get(name, "Options") if panels else "Options" for name in model.model_fields}
     params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
@@ -137,11 +143,15 @@ def config_command(model: type[BaseModel], help_text: str, panels: Optional[dict
                                                help="YAML/JSON file with any of the fields below (field: value); "
                                                     "flags given here override it.")])]
     params += [_option(name, field, panels[name]) for name, field in model.model_fields.items()]
+    params.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Annotated[
+        int, typer.Option("--verbose", "-v", count=True, rich_help_panel="Run", show_default=False,
+                          help="Show third-party INFO logs and library warnings (-vv: debug).")]))
 
-    def command(ctx: typer.Context, config: Optional[Path] = None, **values: Any) -> tuple[Optional[Path], dict]:
+    def command(ctx: typer.Context, config: Optional[Path] = None, verbose: int = 0,
+                **values: Any) -> tuple[Optional[Path], dict, int]:
         given = {name: value for name, value in values.items()
                  if (source := ctx.get_parameter_source(name)) is not None and source.name == "COMMANDLINE"}
-        return config, given
+        return config, given, verbose
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = help_text
@@ -171,31 +181,28 @@ def spread_list_values(argv: Sequence[str], list_flags: set[str]) -> list[str]:
     return out
 
 
-def _quiet_dependency_warnings() -> None:
-    """torch_geometric's import-time `torch.jit.script` FutureWarning is nothing a user can act on; stderr stays
-    for the command's own messages (a bad input is one line)."""
-    import warnings
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `slip-train`; returns the exit status (2 = bad input, 1 = no valid sample or a non-finite
     loss)."""
+    if list(sys.argv[1:] if argv is None else argv)[:1] == ["encode"]:
+        return encode_main(list(sys.argv[2:] if argv is None else argv[1:]))
     from trainer.config import TrainSetupError, build_config, config_class
 
     model = config_class()  # built now: every method registered by this time brings its options as flags
     args = spread_list_values(list(sys.argv[1:] if argv is None else argv), _list_flags(model))
-    config_file, given = run(config_command(model, _TRAIN_HELP, _train_panels(model)), args, "slip-train")
+    config_file, given, verbose = run(config_command(model, _TRAIN_HELP, _train_panels(model)), args, "slip-train")
     try:
         cfg = build_config(**{**(read_mapping(config_file) if config_file else {}), **given})
     except (InputError, TrainSetupError) as exc:
         error("slip-train", exc)
         return BAD_INPUT
-    _quiet_dependency_warnings()
+    verbosity.configure(verbose, _LOG_FORMAT)  # quiet third parties unless -v (slipio.verbosity)
     from trainer.data import NoValidSamplesError  # heavy imports after parsing: --help and bad input stay fast
     from trainer.loop import NonFiniteTraining, train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         summary = train(cfg)
     except TrainSetupError as exc:
@@ -207,6 +214,31 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(json.dumps(summary, sort_keys=True))
         print(Path(cfg.out).resolve())
+    return 0
+
+
+def encode_main(argv: Sequence[str]) -> int:
+    """`slip-train encode`: an embedding bank of a release from frozen encoders (trainer/encode.py); prints the
+    summary as JSON, then the bank folder."""
+    from trainer.encode import EncodeConfig, build_encode_config
+
+    config_file, given, verbose = run(config_command(EncodeConfig, _ENCODE_HELP), list(argv), "slip-train encode")
+    try:
+        cfg = build_encode_config(config_file, **given)
+    except InputError as exc:
+        error("slip-train encode", exc)
+        return BAD_INPUT
+    verbosity.configure(verbose, _LOG_FORMAT)
+    from trainer.config import TrainSetupError
+    from trainer.encode import encode_bank
+
+    try:
+        summary = encode_bank(cfg)
+    except TrainSetupError as exc:
+        error("slip-train encode", exc)
+        return BAD_INPUT
+    print(json.dumps(summary, sort_keys=True))
+    print(Path(cfg.out).resolve())
     return 0
 
 
@@ -247,14 +279,14 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["compare"]:
         return compare_main(args[1:])
-    config_file, given = run(config_command(EvalConfig, _EVAL_HELP), args, "slip-eval")
+    config_file, given, verbose = run(config_command(EvalConfig, _EVAL_HELP), args, "slip-eval")
     try:
         cfg = build_eval_config(config_file, **given)
     except InputError as exc:
         error("slip-eval", exc)
         return BAD_INPUT
     from trainer.config import TrainSetupError
-    _quiet_dependency_warnings()
+    verbosity.configure(verbose, _LOG_FORMAT)
     from trainer.evaluate import evaluate, write_reports  # torch: after parsing
 
     try:

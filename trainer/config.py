@@ -65,6 +65,16 @@ class BaseTrainConfig(BaseModel):
     # ---- optimisation -------------------------------------------------------------------------------------------
     batch_size: int = Field(128, ge=1, description="Samples per micro-batch per rank.")
     accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (negatives stay per micro-batch).")
+    accum_freq: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step whose encoder features are cached (open_clip's "
+        "--accum-freq): the loss, its negatives and the batch graph cover all of them, each micro-batch is then "
+        "re-encoded with gradients; the gradient equals one batch of accum_freq x batch-size. Not with --accum.")
+    local_loss: bool = Field(
+        False, description="Under DDP, each rank's loss covers its own rows against the gathered global columns "
+        "(open_clip's local_loss): same gradient, logits of size local x global instead of global x global.")
+    dist_timeout: float = Field(
+        600.0, gt=0, description="Seconds a torchrun rank waits in a collective for the others before failing "
+        "(a hung rank then ends the run instead of blocking it).")
     steps: int = Field(1000, ge=1, description="Optimizer steps to train.")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate (open_clip's default for from-scratch runs).")
     wd: float = Field(0.2, ge=0, description="AdamW weight decay (CLIP paper: 0.2), not applied to biases, "
@@ -96,6 +106,9 @@ class BaseTrainConfig(BaseModel):
             raise ValueError("give --release REL or --shards PATTERN")
         if self.release is not None and self.shards is not None:
             raise ValueError("give either --release or --shards, not both")
+        if self.accum > 1 and self.accum_freq > 1:
+            raise ValueError("give --accum (negatives per micro-batch) or --accum-freq (cached features, negatives "
+                             "over all micro-batches), not both")
         method = get_method(self.method)
         if method.needs_graph and self.shards is not None and self.graph is None:
             raise ValueError(f"--method {self.method} with --shards needs --graph edges.parquet")

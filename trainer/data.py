@@ -20,7 +20,6 @@ import hashlib
 import io
 import itertools
 import json
-import os
 import random
 import re
 import tarfile
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from trainer import remote
 from trainer.config import TrainSetupError
 from trainer.release import Release
 
@@ -64,16 +64,20 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def resolve_shards(release: Optional[str] = None, shards: Optional[str] = None, split: str = "train") -> list[str]:
-    """Shard paths of a release's split (`Release.shards`) or of a brace/glob pattern; missing -> clear error."""
+    """Shard paths or URLs of a release's split (`Release.shards`) or of a brace/glob pattern (a local path, a
+    fsspec URL or `pipe:CMD`, see trainer.remote); missing -> clear error naming what is missing."""
     if release is not None:
         return Release(release).shards(split)
     if shards is None:
         raise TrainSetupError("give --release or --shards")
-    found, missing = [], []
-    for pattern in expand_braces(shards):
-        hits = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else ([pattern] if Path(pattern).is_file()
-                                                                         else [])
-        (found.extend(hits) if hits else missing.append(pattern))
+    patterns = expand_braces(shards)
+    if any(remote.is_url(p) for p in patterns):
+        hits_per_pattern = remote.expand_urls(patterns)
+    else:
+        hits_per_pattern = [sorted(glob.glob(p)) if glob.has_magic(p) else ([p] if Path(p).is_file() else [])
+                            for p in patterns]
+    found = [hit for hits in hits_per_pattern for hit in hits]
+    missing = [p for p, hits in zip(patterns, hits_per_pattern) if not hits]
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise TrainSetupError(f"--shards {shards!r}: no file matches {shown}")
@@ -98,37 +102,64 @@ def split_by_worker(shards: list[str], worker: int, num_workers: int) -> list[st
 
 
 def tar_samples(shards: Iterable[str], skipped: Counter) -> Iterator[Sample]:
-    """Group consecutive `<key>.<ext>` tar members into samples.
+    """Group consecutive `<key>.<ext>` tar members into samples; shards are local paths, fsspec URLs or `pipe:CMD`
+    (`trainer.remote.open_shard`), all read as one forward stream.
 
     An unreadable or truncated shard counts once as `bad_shard`; its samples before the damage are kept, the
-    sample being read when it was hit is dropped. Truncation is checked explicitly (member data past the end of
-    the file, or no end-of-archive marker) because tarfile's stream mode takes a cut at a header for a clean end.
+    sample being read when it was hit is dropped. tarfile's stream mode takes a cut at a header for a clean end,
+    so truncation is checked on the stream itself: a member read short, or fewer than the two zero blocks of the
+    end-of-archive marker after the last member.
     """
+    errors = (*remote.stream_errors(), tarfile.TarError)
     for shard in shards:
         current: Optional[Sample] = None
         try:
-            file_size = os.path.getsize(shard)
-            with open(shard, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r|") as tar:
-                for member in tar:
-                    if member.offset_data + member.size > file_size:
-                        raise tarfile.ReadError(f"member {member.name} is cut short")
-                    match = _MEMBER_NAME.match(member.name)
-                    if not member.isfile() or match is None:
-                        continue
-                    key, ext = match.group(1), match.group(2).lower()
-                    data = tar.extractfile(member).read()
-                    if current is None or current["__key__"] != key:
-                        if current is not None:
-                            yield current
-                        current = {"__key__": key, "__shard__": shard}
-                    current[ext] = data
-                if file_size < tar.offset + 2 * tarfile.BLOCKSIZE:
+            with remote.open_shard(shard) as raw:
+                stream = _CountingReader(raw)
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    for member in tar:
+                        match = _MEMBER_NAME.match(member.name)
+                        if not member.isfile() or match is None:
+                            continue
+                        key, ext = match.group(1), match.group(2).lower()
+                        data = tar.extractfile(member).read()  # short read: ReadError("unexpected end of data")
+                        if current is None or current["__key__"] != key:
+                            if current is not None:
+                                yield current
+                            current = {"__key__": key, "__shard__": shard}
+                        current[ext] = data
+                    end = tar.offset + 2 * tarfile.BLOCKSIZE
+                while stream.total < end and stream.read(end - stream.total):
+                    pass
+                if stream.total < end:
                     raise tarfile.ReadError("no end-of-archive marker")
-        except (OSError, tarfile.TarError, EOFError):
+        except errors:
             skipped["bad_shard"] += 1
             current = None
         if current is not None:
             yield current
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts the bytes read through it, so the end-of-archive check needs no file size (streams have none)."""
+
+    def __init__(self, raw: Any):
+        super().__init__()
+        self.raw = raw
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.total += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def decode_samples(samples: Iterable[Sample], skipped: Counter) -> Iterator[Sample]:

@@ -5,6 +5,10 @@ What the numbers mean:
   bad samples are skipped and counted by reason with trainer.data's own reader stages.
 - Retrieval pairs each product's image with its caption. Products with the very same caption string are
   interchangeable (identical text embeddings would otherwise tie and rank by chance), so any of them is a hit.
+- Looser retrieval levels, to see what structure changed: `*_cat_*` (category level: a hit is any evaluated
+  product with the query's label; unlabelled products are neither queries nor hits) and `*_nbr_*` (neighbourhood
+  level: a hit is the product itself or an evaluated product adjacent to it in the release graph, held-out
+  link-prediction edges included; `nbr_with_neighbour` = share of queries with such a neighbour).
 - Zero-shot: class names from `REL/labels.json`, prompts from trainer.prompts; label -1 is left out.
 - Few-shot: the probe is trained on a seeded subsample (--fewshot-pool) of the train split's labelled products.
 - Link prediction: every evaluated product with >= 2 linkable neighbours (neighbours with an image) gets one
@@ -249,6 +253,7 @@ class EvalSets:
     lp_pool_rows: np.ndarray
     lp_held_out: Tensor  # [2, H] rows
     lp_known: Tensor  # [2, E] rows: every real edge among the encoded products
+    eval_neighbours: list[list[int]] = dataclasses.field(default_factory=list)  # per eval row: adjacent eval rows
 
 
 def caption_positives(captions: list[str]) -> list[list[int]]:
@@ -264,8 +269,12 @@ def score(image: Tensor, text: Tensor, labels: np.ndarray, captions: list[str], 
     """Every metric on one embedding table (encoder-only or refined); classification and LP when possible."""
     rows = torch.as_tensor(sets.eval_rows)
     eval_labels = torch.as_tensor(labels[sets.eval_rows])
-    out = metrics.retrieval_metrics(image[rows], text[rows], caption_positives([captions[i] for i in sets.eval_rows]),
-                                    chunk_size=cfg.chunk_size)
+    same = caption_positives([captions[i] for i in sets.eval_rows])
+    out = metrics.retrieval_metrics(image[rows], text[rows], same, chunk_size=cfg.chunk_size)
+    out.update(metrics.category_retrieval_metrics(image[rows], text[rows], eval_labels, chunk_size=cfg.chunk_size))
+    if sets.eval_neighbours:
+        out.update(metrics.neighbour_retrieval_metrics(image[rows], text[rows], sets.eval_neighbours, same,
+                                                       chunk_size=cfg.chunk_size))
     if class_weights is not None and (eval_labels >= 0).any():
         out.update(metrics.zeroshot_metrics(image[rows], class_weights, eval_labels))
         if len(sets.fewshot_rows):
@@ -277,6 +286,16 @@ def score(image: Tensor, text: Tensor, labels: np.ndarray, captions: list[str], 
                                                    candidates=torch.as_tensor(sets.lp_pool_rows),
                                                    n_negatives=cfg.lp_negatives, seed=cfg.seed))
     return out
+
+
+def eval_neighbours(graph: CSRGraph, eval_ids: np.ndarray) -> list[list[int]]:
+    """Per evaluated product (in `eval_ids` order): the positions of its graph neighbours that are evaluated too.
+
+    The full graph (held-out link-prediction edges included): it is the relation scored, never an input.
+    """
+    position = {int(node): p for p, node in enumerate(eval_ids.tolist())}
+    return [[position[n] for n in graph.neighbors(int(node)).tolist() if n in position]
+            if node < graph.num_nodes else [] for node in eval_ids]
 
 
 def _rows_of(table_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -334,7 +353,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     fewshot_rows=_rows_of(ids, np.asarray(sorted(fewshot_ids & present), np.int64)),
                     lp_pool_rows=_rows_of(ids, lp_pool),
                     lp_held_out=torch.as_tensor(_rows_of(ids, found_held).T.reshape(2, -1)),
-                    lp_known=known)
+                    lp_known=known,
+                    eval_neighbours=eval_neighbours(full_graph, evaluated.node_ids))
     class_weights = zeroshot_weights(run, classnames, cfg.device) if n_classes else None
 
     result: dict[str, Any] = {"method": run.method, "split": cfg.split, "step": run.step,

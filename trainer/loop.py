@@ -2,7 +2,18 @@
 
 One optimizer step = `accum` micro-batches. Each micro-batch: (DDP: gather node ids) -> in-batch graph by CSR
 lookup -> encoders (DDP: gather embeddings, so the method's parts and losses see the global batch) -> the method's
-parts (SLIP: GAT refinement) -> the method's named loss terms -> weighted sum -> backward.
+parts (SLIP: GAT refinement) -> the method's named loss terms -> weighted sum -> backward (DDP's gradient sync only
+on the last micro-batch).
+
+With `accum_freq` K instead (open_clip's --accum-freq, GradCache's scheme): the K micro-batches are encoded without
+gradients and their encoder outputs cached; the batch graph, the method's parts and the loss run once over the
+whole K x B (x ranks) batch on the cache, whose backward gives the method's parameters and the logit scale their
+full-batch gradient and the cache its gradient; then each micro-batch is re-encoded with gradients, replaying the
+RNG state of its first encoding (same dropout masks; the batch tensors, so the augmentation, are fixed), and its
+slice of the cache gradient is pushed through the encoders. Every parameter then holds the gradient of one K x B
+batch: the method's parameters get it once, not K times (open_clip's loop sums the K losses, which gives the logit
+scale K times its gradient). Under DDP this path runs the model outside DDP's wrapper and all-reduces the gradients
+once per step.
 
 A non-finite loss (or, without fp16's loss scaling, a non-finite gradient norm) stops the run before the optimizer
 step that would spread it into the weights: `NonFiniteTraining` names the step and the terms, no checkpoint is
@@ -15,10 +26,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,8 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from tqdm import tqdm
 
+from slipio.progress import progress_bar
 from trainer.batch_graph import CSRGraph, batch_graph_stats
 from trainer.checkpoint import (
     CheckpointError,
@@ -43,6 +53,14 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig, TrainSetupError
 from trainer.data import StreamSpec, TrainBatches, resolve_shards
+from trainer.distributed import (
+    all_gather_ids,
+    all_gather_with_grad,
+    average_gradients,
+    broadcast_state,
+    init_distributed,
+    mean_over_ranks,
+)
 from trainer.losses import weighted_sum
 from trainer.methods import BatchContext, get_method
 from trainer.model import (
@@ -71,16 +89,6 @@ class NonFiniteTraining(RuntimeError):
 
 
 # ---- setup helpers ----------------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); initialises torch.distributed under torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -102,18 +110,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def all_gather_with_grad(t: Tensor) -> Tensor:
-    """Concatenate a tensor over ranks keeping the autograd path (so every rank's loss reaches every encoder)."""
-    import torch.distributed.nn.functional as dist_fn
-    return torch.cat(dist_fn.all_gather(t), dim=0)
-
-
-def all_gather_ids(t: Tensor) -> Tensor:
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t)
-    return torch.cat(parts)
 
 
 # ---- logging ----------------------------------------------------------------------------------------------------
@@ -153,7 +149,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.t_start = time.perf_counter()
         self.cfg = cfg
-        self.rank, self.world, local_rank = init_distributed()
+        self.rank, self.world, local_rank = init_distributed(cfg.dist_timeout, cfg.device)
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device, local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -213,10 +209,15 @@ class Trainer:
             restore_rng_state(rng_state)  # after the loader started, exactly where the first run saved it
 
         forward_module: torch.nn.Module = self.model
-        if self.world > 1:
-            forward_module = torch.nn.parallel.DistributedDataParallel(
+        self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
+        if self.world > 1 and cfg.accum_freq == 1:
+            forward_module = self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        elif self.world > 1:
+            broadcast_state(self.model)  # what DDP's wrapper would do: rank 0's weights everywhere
         self.forward: Callable = torch.compile(forward_module) if cfg.compile else forward_module
+        self.encode: Callable = torch.compile(self.model.encode) if cfg.compile else self.model.encode
+        self.micro_batches = cfg.accum * cfg.accum_freq  # one of the two is 1
         self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.step + 1)
         self.setup_s = time.perf_counter() - self.t_start
 
@@ -250,8 +251,14 @@ class Trainer:
             raise CheckpointError(f"--resume: {exc}") from None
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
-        """The data position only means something with the same batch size and (effective) worker count."""
+        """The data position only means something with the same batch size, (effective) worker count and world
+        size: every rank resumes its own stream (rank r's shards, seeds and consumed batches)."""
         saved = state["data"]
+        if saved.get("world_size", 1) != self.world:
+            raise TrainSetupError(
+                f"resume needs the checkpoint's world size: it was trained by {saved.get('world_size', 1)} "
+                f"process(es), this run has {self.world}; each rank resumes its own data stream, so launch "
+                f"`torchrun --nproc_per_node {saved.get('world_size', 1)} slip-train ...` (or start a new --out)")
         if saved["batch_size"] != self.cfg.batch_size or saved["num_workers"] != self.data.spec.num_workers:
             raise TrainSetupError(
                 f"resume needs the checkpoint's data layout: batch size {saved['batch_size']}, "
@@ -266,32 +273,94 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=dtype)
         return nullcontext()
 
-    def _micro_step(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Forward + backward of one micro-batch; returns its total, its loss terms and the batch-graph stats."""
-        images = batch["images"].to(self.device, non_blocking=True)
-        tokens = batch["tokens"].to(self.device, non_blocking=True)
-        node_ids = batch["node_ids"].to(self.device)
-        gather = None
-        if self.world > 1:
-            node_ids, gather = all_gather_ids(node_ids), all_gather_with_grad
-        stats: dict[str, float] = {}
-        edge_index = edge_weight = None
-        if self.graph is not None:  # the method needs it, or the release has one: its stats are logged either way
-            edge_index, edge_weight = self.graph.batch_edge_index(node_ids)
-            stats = batch_graph_stats(node_ids, edge_index)
+    def compute_gradients(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Forward + backward of one optimizer step's micro-batches (gradients synced over ranks); one record per
+        loss computation (per micro-batch with --accum, one for all with --accum-freq) with the terms averaged over
+        ranks and the batch-graph stats of the global batch. Raises NonFiniteTraining on every rank alike."""
+        if self.cfg.accum_freq > 1:
+            return [self._cached_step(batches)]
+        return [self._micro_step(batch, sync=i == len(batches) - 1) for i, batch in enumerate(batches)]
+
+    def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        return (batch["images"].to(self.device, non_blocking=True),
+                batch["tokens"].to(self.device, non_blocking=True), batch["node_ids"].to(self.device))
+
+    def _global(self, local_ids: Tensor) -> tuple[Tensor, Optional[Callable], Optional[slice]]:
+        """(the global batch's node ids, the gather for the embeddings, this rank's loss rows with --local-loss)."""
+        if self.world == 1:
+            return local_ids, None, None
+        rows = None
+        if self.cfg.local_loss:
+            rows = slice(self.rank * len(local_ids), (self.rank + 1) * len(local_ids))
+        return all_gather_ids(local_ids), all_gather_with_grad, rows
+
+    def _batch_graph(self, node_ids: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], dict[str, float]]:
+        if self.graph is None:  # with a graph (the method needs it, or the release has one) its stats are logged
+            return None, None, {}
+        edge_index, edge_weight = self.graph.batch_edge_index(node_ids)
+        return edge_index, edge_weight, batch_graph_stats(node_ids, edge_index)
+
+    def _micro_step(self, batch: dict[str, Any], sync: bool = True) -> dict[str, Any]:
+        """Forward + backward of one micro-batch (--accum: negatives per micro-batch); DDP syncs only if `sync`."""
+        images, tokens, local_ids = self._inputs(batch)
+        node_ids, gather, rows = self._global(local_ids)
+        edge_index, edge_weight, stats = self._batch_graph(node_ids)
+        with self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext():
+            with self._autocast():
+                out = self.forward(images, tokens, edge_index, edge_weight, gather)
+            terms = self.method.loss_terms(self.model, out,
+                                           BatchContext(node_ids, edge_index, edge_weight, tokens, rows))
+            loss = weighted_sum(terms, self.term_weights)
+            self.scaler.scale(loss / self.cfg.accum).backward()
+        return {**self._checked(loss, terms), "node_ids": batch["node_ids"], **stats}
+
+    def _cached_step(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """--accum-freq: the loss over all micro-batches from cached encoder outputs, then each micro-batch
+        re-encoded with gradients (module docstring)."""
+        inputs = [self._inputs(batch) for batch in batches]
+        rng_states, cached = [], []
+        with torch.no_grad():
+            for images, tokens, _ in inputs:
+                rng_states.append(_rng_state(self.device))
+                with self._autocast():
+                    cached.append(self.encode(images, tokens))
+        # this rank's encoder outputs of all K micro-batches, in order: leaves whose .grad is the cache gradient
+        leaves = {key: torch.cat([c[key] for c in cached]).detach().requires_grad_(torch.is_floating_point(v))
+                  for key, v in cached[0].items()}
+        tokens = torch.cat([t for _, t, _ in inputs])
+        local_ids = torch.cat([ids for _, _, ids in inputs])
+        node_ids, gather, rows = self._global(local_ids)
+        edge_index, edge_weight, stats = self._batch_graph(node_ids)
         with self._autocast():
-            out = self.forward(images, tokens, edge_index, edge_weight, gather)
-        terms = self.method.loss_terms(self.model, out, BatchContext(node_ids, edge_index, edge_weight, tokens))
+            out = self.model.head(leaves, edge_index, edge_weight, gather)
+        terms = self.method.loss_terms(self.model, out, BatchContext(node_ids, edge_index, edge_weight, tokens, rows))
         loss = weighted_sum(terms, self.term_weights)
-        self.scaler.scale(loss / self.cfg.accum).backward()
-        values = {name: term.item() for name, term in terms.items()}
-        total = loss.item()
-        if not math.isfinite(total) or not all(map(math.isfinite, values.values())):
-            # after backward, so every DDP rank (same gathered batch, same loss) gets here; before the optimizer step
-            bad = ", ".join(f"{name}={value}" for name, value in values.items() if not math.isfinite(value))
+        record = self._checked(loss, terms)  # before the K re-encodings: a non-finite step stops here
+        self.scaler.scale(loss).backward()
+        offset = 0
+        for (images, micro_tokens, _), state in zip(inputs, rng_states):
+            n = len(images)
+            with _replayed_rng(state, self.device), self._autocast():
+                fresh = self.encode(images, micro_tokens)
+            pairs = [(fresh[key], leaf.grad[offset:offset + n]) for key, leaf in leaves.items()
+                     if leaf.grad is not None]
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+            offset += n
+        average_gradients(self.model.parameters())
+        return {**record, "node_ids": local_ids.cpu(), **stats}
+
+    def _checked(self, loss: Tensor, terms: dict[str, Tensor]) -> dict[str, Any]:
+        """The loss and its terms averaged over ranks; NonFiniteTraining on every rank if any rank's is not finite
+        (before the optimizer step that would spread it)."""
+        names = list(terms)
+        values = mean_over_ranks([loss.item()] + [terms[name].item() for name in names], self.device)
+        total, by_name = values[0], dict(zip(names, values[1:]))
+        if not math.isfinite(total) or not all(map(math.isfinite, by_name.values())):
+            bad = ", ".join(f"{name}={value}" for name, value in by_name.items() if not math.isfinite(value))
             raise NonFiniteTraining(f"non-finite loss at step {self.step + 1}: loss={total}"
                                     + (f" ({bad})" if bad else ""))
-        return {"loss": total, "terms": values, "node_ids": batch["node_ids"], **stats}
+        return {"loss": total, "terms": by_name}
 
     def _optimizer_step(self) -> Optional[float]:
         grad_norm = None
@@ -313,14 +382,14 @@ class Trainer:
         save_checkpoint(self.run_dir, self.step, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "scheduler_step": self.step, "samples_seen": self.samples_seen,
-            "rng": capture_rng_state(), "data": self.data.position(),
+            "rng": capture_rng_state(), "data": {**self.data.position(), "world_size": self.world},
             "config": self.cfg.model_dump(mode="json")}, keep_last=self.cfg.keep_last)
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         first_step = self.step
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=None if self.is_main else True,
-                   desc=f"slip-train[{cfg.method}]", dynamic_ncols=True)
+        bar = progress_bar(total=cfg.steps, initial=self.step, disable=not self.is_main, unit="step",
+                           desc=f"slip-train[{cfg.method}]", dynamic_ncols=True)  # no terminal: a line every ~10 s
         self.model.train()
         t_train = time.perf_counter()
         self.last_record: dict[str, Any] = {}
@@ -357,15 +426,13 @@ class Trainer:
             lr = lr_at(self.step, cfg)
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
-            data_time, parts = 0.0, []
-            for _ in range(cfg.accum):
-                t_data = time.perf_counter()
-                batch = next(self.batches)
-                data_time += time.perf_counter() - t_data
-                parts.append(self._micro_step(batch))
+            t_data = time.perf_counter()
+            batches = [next(self.batches) for _ in range(self.micro_batches)]
+            data_time = time.perf_counter() - t_data
+            parts = self.compute_gradients(batches)
             grad_norm = self._optimizer_step()
             self.step += 1
-            step_samples = cfg.batch_size * cfg.accum * self.world
+            step_samples = cfg.batch_size * self.micro_batches * self.world
             self.samples_seen += step_samples
             batch_time = time.perf_counter() - t0
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -380,7 +447,7 @@ class Trainer:
     def _summary(self, first_step: int, t_train: float, record: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         train_s = time.perf_counter() - t_train
-        trained = (self.step - first_step) * cfg.batch_size * cfg.accum * self.world
+        trained = (self.step - first_step) * cfg.batch_size * self.micro_batches * self.world
         return {
             "method": cfg.method, "model": cfg.model, "steps": self.step, "samples": self.samples_seen,
             "samples_this_process": trained, "train_time_s": train_s, "setup_time_s": self.setup_s,
@@ -407,6 +474,21 @@ class Trainer:
             "neighbor_frac": mean("neighbor_frac"), "edges_per_sample": mean("edges_per_sample"),
             "duplicate_frac": mean("duplicate_frac"), "skipped": skipped, "skipped_total": sum(skipped.values()),
             "data_digest": data_digest([p["node_ids"] for p in parts])}
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Optional[Tensor]]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextmanager
+def _replayed_rng(state: tuple[Tensor, Optional[Tensor]], device: torch.device):
+    """Run the block from a saved RNG state, then continue the RNG where it was (the re-encoding of --accum-freq
+    draws the same dropout masks as the cached encoding and consumes nothing)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
 
 
 def _is_loss_key(key: str) -> bool:

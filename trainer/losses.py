@@ -1,11 +1,11 @@
-"""CLIP's symmetric InfoNCE, SLIP's structural (multi-positive) contrastive loss, and the weighted sum of named
-terms the loop trains on.
+"""CLIP's symmetric InfoNCE, SigLIP's sigmoid loss, SLIP's structural (multi-positive) contrastive loss,
+SuperCLIP's IDF-weighted token classification, and the weighted sum of named terms the loop trains on.
 
 The losses are computed in fp32 on L2-normalised embeddings.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,19 +18,97 @@ def same_product_mask(node_ids: Tensor) -> Tensor:
     return same & ~torch.eye(len(node_ids), dtype=torch.bool, device=node_ids.device)
 
 
-def clip_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, node_ids: Optional[Tensor] = None) -> Tensor:
+def clip_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, node_ids: Optional[Tensor] = None,
+              rows: Optional[slice] = None) -> Tensor:
     """Symmetric InfoNCE: row i's positive is column i.
 
     A product appearing twice in the batch (rows i and k) would make text k - a copy of text i - a negative for
     image i. With `node_ids` given, copies are masked out of each other's negatives (their logits are removed from
     the softmax); each row keeps exactly its own pair as the positive.
+
+    `rows` (DDP --local-loss): only those rows' images and texts are scored, against every column, so the logits
+    are [rows, B] instead of [B, B]; the mean over ranks of equal-sized row blocks is the full loss.
     """
     img, txt = img.float(), txt.float()
-    logits = logit_scale.float() * img @ txt.T
+    if rows is None:
+        rows = slice(0, len(img))
+    target = torch.arange(len(img), device=img.device)[rows]
+    scale = logit_scale.float()
+    logits_img, logits_txt = scale * img[rows] @ txt.T, scale * txt[rows] @ img.T
     if node_ids is not None:
-        logits = logits.masked_fill(same_product_mask(node_ids), float("-inf"))
-    target = torch.arange(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        mask = same_product_mask(node_ids)[rows]
+        logits_img = logits_img.masked_fill(mask, float("-inf"))
+        logits_txt = logits_txt.masked_fill(mask, float("-inf"))
+    return 0.5 * (F.cross_entropy(logits_img, target) + F.cross_entropy(logits_txt, target))
+
+
+def sigmoid_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, logit_bias: Tensor,
+                 node_ids: Optional[Tensor] = None, duplicates: str = "mask", rows: Optional[slice] = None) -> Tensor:
+    """SigLIP's pairwise sigmoid loss: -sum_ij log sigmoid(z_ij * (t * <img_i, txt_j> + b)) / B, z = +1 on the
+    diagonal and -1 elsewhere; the value of open_clip's `SigLipLoss` on one rank. `logit_scale` is t (already
+    exponentiated, like clip_loss's), `logit_bias` is b.
+
+    Same-product copies (rows i != k with one node id, given `node_ids`): `duplicates='mask'` drops their pairs from
+    the sum (as clip_loss removes them from the softmax: a copy is neither pushed apart nor pulled together);
+    'positive' labels them +1 (the sigmoid loss takes any number of positives per row). The sum stays divided by B.
+
+    Under DDP the loop passes the gathered global batch, so this is the global B x B loss on every rank. open_clip
+    instead has each rank score its own b images against its texts and, passed around the ring by neighbour
+    exchange, every other rank's texts (negatives only), divided by b; DDP's gradient mean over the W ranks then
+    gives (1/W) sum_r (1/b) sum_{i in r} sum_j = (1/B) sum_{ij}, the same objective and gradient as here: the
+    exchange of negatives is the all-gather. The ring only saves the memory of holding all texts at once.
+
+    `rows` (DDP --local-loss): only those rows' images are scored, against every text, divided by the number of
+    rows: exactly open_clip's per-rank value, whose mean over ranks is the full loss.
+    """
+    if duplicates not in ("mask", "positive"):
+        raise ValueError(f"duplicates must be 'mask' or 'positive', got {duplicates!r}")
+    img, txt = img.float(), txt.float()
+    if rows is None:
+        rows = slice(0, len(img))
+    logits = logit_scale.float() * img[rows] @ txt.T + logit_bias.float()
+    eye = torch.eye(len(img), dtype=torch.bool, device=img.device)[rows]
+    labels = eye.float() * 2 - 1
+    pair_loss = -F.logsigmoid(labels * logits)
+    if node_ids is not None:
+        copies = same_product_mask(node_ids)[rows]
+        if duplicates == "mask":
+            pair_loss = pair_loss.masked_fill(copies, 0.0)
+        else:
+            pair_loss = torch.where(copies, -F.logsigmoid(logits), pair_loss)
+    return pair_loss.sum() / len(logits)
+
+
+def multi_hot(tokens: Tensor, vocab_size: int, ignore_ids: Sequence[int] = ()) -> Tensor:
+    """[b, vocab] bool: which token ids occur in each caption (once, however often), `ignore_ids` never set."""
+    hot = torch.zeros(tokens.shape[0], vocab_size, dtype=torch.bool, device=tokens.device)
+    hot.scatter_(1, tokens.long(), True)
+    if len(ignore_ids):
+        hot[:, torch.as_tensor(list(ignore_ids), dtype=torch.long, device=tokens.device)] = False
+    return hot
+
+
+def idf_weights(doc_freq: Tensor, documents: Tensor, smoothing: float) -> Tensor:
+    """SuperCLIP's online IDF: w_c = log((n + s) / (df_c + s)); 0 for a token in every caption, largest for the
+    rarest. `documents` n and `doc_freq` df are running counts; `smoothing` s (SuperCLIP: 1 / global batch)."""
+    n = documents.double()
+    return torch.log((n + smoothing) / (doc_freq.double() + smoothing)).float()
+
+
+def token_classification_loss(logits: Tensor, hot: Tensor, weights: Tensor) -> Tensor:
+    """SuperCLIP's term: softmax cross-entropy of the head's vocabulary logits [b, V] against the caption's
+    multi-hot ids `hot` [b, V] weighted by `weights` [V] and L1-normalised per row.
+
+    A row whose weighted target is all zero (every id ignored, or weights still 0) has nothing to learn and is left
+    out; with no row left the term is exactly 0 (still differentiable)."""
+    target = hot.float() * weights.float().clamp(min=0)
+    mass = target.sum(1)
+    rows = mass > 0
+    log_prob = torch.log_softmax(logits.float(), dim=1)
+    if not rows.any():
+        return log_prob.sum() * 0.0
+    target = target[rows] / mass[rows, None]
+    return -(target * log_prob[rows]).sum(1).mean()
 
 
 def positive_weights(num_rows: int, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
@@ -54,7 +132,8 @@ def _multi_positive_nll(logits: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
 
 
 def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: Tensor, intra_modal: bool = False,
-                    edge_weight: Optional[Tensor] = None, no_neighbor: str = "self") -> Tensor:
+                    edge_weight: Optional[Tensor] = None, no_neighbor: str = "self",
+                    rows: Optional[slice] = None) -> Tensor:
     """Multi-positive InfoNCE where in-batch graph neighbours are positives.
 
     Cross-modal (always): image i against all texts, positives = text i (weight 1) and the texts of i's
@@ -68,6 +147,10 @@ def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: T
     batch without edges is well defined under every setting.
 
     Duplicated products are linked to each other by the batch graph, so copies are each other's positives.
+
+    `rows` (DDP --local-loss): only those rows are scored (against every column); with no_neighbor='self' and no
+    intra-modal term the mean over ranks of equal-sized row blocks is the full loss, otherwise close to it (the
+    rows a term keeps differ per rank).
     """
     if no_neighbor not in ("self", "exclude"):
         raise ValueError(f"no_neighbor must be 'self' or 'exclude', got {no_neighbor!r}")
@@ -75,7 +158,10 @@ def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: T
     num_rows = len(img)
     neighbours = positive_weights(num_rows, edge_index, edge_weight)
     has_neighbour = (neighbours > 0).any(1)
-    rows = torch.ones_like(has_neighbour) if no_neighbor == "self" else has_neighbour
+    mine = torch.zeros_like(has_neighbour)
+    mine[rows if rows is not None else slice(None)] = True
+    has_neighbour = has_neighbour & mine
+    rows = mine if no_neighbor == "self" else has_neighbour
     inv_t = 1.0 / temperature.float()
     zero = (img.sum() + txt.sum()) * 0.0 * inv_t
 

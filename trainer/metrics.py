@@ -122,16 +122,89 @@ def rank_summary(ranks: torch.Tensor, prefix: str, ks: Sequence[int] = RECALL_KS
 
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor,
                       i2t_positives: Mapping[int, Iterable[int]] | Sequence[Iterable[int]] | None = None,
-                      chunk_size: int = 512, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+                      chunk_size: int = 512, ks: Sequence[int] = RECALL_KS, level: str = "") -> dict[str, float]:
     """Image->text (`i2t_*`) and text->image (`t2i_*`) retrieval metrics.
 
     `i2t_positives[i]` lists the texts that describe image `i` (default: text `i`); the text->image
     positives are its inverse. Embeddings are expected L2-normalised (scores are dot products).
+    `level` names a looser relation in the keys (`i2t_{level}_R@1`), e.g. ``nbr`` for graph neighbours.
     """
     lists = _positive_lists(i2t_positives, len(image_emb), len(text_emb))
     t2i = invert_positives(lists, len(text_emb))
-    out = rank_summary(retrieval_ranks(image_emb, text_emb, lists, chunk_size), "i2t", ks)
-    out.update(rank_summary(retrieval_ranks(text_emb, image_emb, t2i, chunk_size), "t2i", ks))
+    tag = f"_{level}" if level else ""
+    out = rank_summary(retrieval_ranks(image_emb, text_emb, lists, chunk_size), f"i2t{tag}", ks)
+    out.update(rank_summary(retrieval_ranks(text_emb, image_emb, t2i, chunk_size), f"t2i{tag}", ks))
+    return out
+
+
+def label_retrieval_ranks(queries: torch.Tensor, candidates: torch.Tensor, query_labels: torch.Tensor,
+                          candidate_labels: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
+    """1-based rank of each query's best-scoring candidate that carries the query's label.
+
+    The same tie rule as `retrieval_ranks` (ties go against the query). Candidates labelled `IGNORE_LABEL` never
+    match; every query needs a label and at least one candidate with it.
+    """
+    if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
+        raise ValueError(
+            f"need [Nq, D] and [Nc, D] embeddings, got {tuple(queries.shape)} and {tuple(candidates.shape)}")
+    query_labels, candidate_labels = torch.as_tensor(query_labels).long(), torch.as_tensor(candidate_labels).long()
+    if len(query_labels) != len(queries) or len(candidate_labels) != len(candidates):
+        raise ValueError(f"{len(query_labels)} / {len(candidate_labels)} labels for {len(queries)} queries and "
+                         f"{len(candidates)} candidates")
+    if (query_labels == IGNORE_LABEL).any():
+        raise ValueError("every query needs a label: leave unlabelled queries out")
+    _require_finite(queries=queries, candidates=candidates)
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    candidates_t = candidates.float().t()
+    ranks = torch.empty(len(queries), dtype=torch.long)
+    for start in range(0, len(queries), chunk_size):
+        stop = min(start + chunk_size, len(queries))
+        positive = candidate_labels[None, :] == query_labels[start:stop, None]  # queries are never unlabelled
+        if not positive.any(dim=1).all():
+            raise ValueError("a query's label has no candidate: every query needs a positive")
+        scores = queries[start:stop].float() @ candidates_t
+        best = scores.masked_fill(~positive, -math.inf).max(dim=1, keepdim=True).values
+        ranks[start:stop] = 1 + ((scores >= best) & ~positive).sum(dim=1)
+    return ranks
+
+
+def category_retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor,
+                               chunk_size: int = 512, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Category-level retrieval (`i2t_cat_*`, `t2i_cat_*`): a hit is any retrieved item with the query's label.
+
+    Rows are paired products (image `i` with text `i`) labelled `labels[i]`; unlabelled products are neither
+    queries nor hits. Separates "finds the right kind of product" from exact-pair recall. Empty without labels.
+    """
+    labels = torch.as_tensor(labels).long()
+    keep = labels != IGNORE_LABEL
+    if not keep.any():
+        return {}
+    out = rank_summary(label_retrieval_ranks(image_emb[keep], text_emb, labels[keep], labels, chunk_size),
+                       "i2t_cat", ks)
+    out.update(rank_summary(label_retrieval_ranks(text_emb[keep], image_emb, labels[keep], labels, chunk_size),
+                            "t2i_cat", ks))
+    out["cat_n"] = int(keep.sum())
+    return out
+
+
+def neighbour_retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                                neighbours: Sequence[Iterable[int]],
+                                same: Sequence[Iterable[int]] | None = None, chunk_size: int = 512,
+                                ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Neighbourhood-level retrieval (`i2t_nbr_*`, `t2i_nbr_*`): a hit is the product itself or a graph neighbour.
+
+    `neighbours[i]` lists the rows adjacent to row `i` (a symmetric relation); `same[i]` the rows that count as
+    the product itself (default: `i`; e.g. products with an identical caption). Separates "finds a product bought
+    with it" from exact-pair recall; `nbr_with_neighbour` is the share of rows with any neighbour among the rows
+    (without one, the score equals exact-pair recall for that query).
+    """
+    if len(neighbours) != len(image_emb):
+        raise ValueError(f"neighbours has {len(neighbours)} entries for {len(image_emb)} products")
+    selves = [[i] for i in range(len(image_emb))] if same is None else same
+    positives = [sorted({*self_rows, *near}) for self_rows, near in zip(selves, neighbours)]
+    out = retrieval_metrics(image_emb, text_emb, positives, chunk_size, ks, level="nbr")
+    out["nbr_with_neighbour"] = sum(1 for i, near in enumerate(neighbours) if set(near) - {i}) / len(neighbours)
     return out
 
 

@@ -19,7 +19,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import Tensor, nn
 
 from trainer.config import TrainConfig, TrainSetupError
-from trainer.methods import Method, get_method
+from trainer.methods import Method
+from trainer.methods.registry import make_method
 
 PACKAGE_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -75,7 +76,7 @@ class ContrastiveModel(nn.Module):
         super().__init__()
         self.clip = clip
         self.embed_dim = embed_dim
-        self.method: Method = get_method(cfg.method)(cfg)
+        self.method: Method = make_method(cfg, clip)  # the run's method with its enabled add-ons
         parts = self.method.build(embed_dim)
         for name, part in parts.items():
             if hasattr(self, name):
@@ -127,7 +128,15 @@ class ContrastiveModel(nn.Module):
         """Encoder outputs (image_emb, text_emb, logit_scale) plus what the method's forward adds. `gather` (DDP)
         maps local embeddings to the global batch before the method's parts, so `edge_index` must index the
         global batch."""
-        local = self.encode(images, tokens)
+        return self.head(self.encode(images, tokens), edge_index, edge_weight, gather)
+
+    def head(self, local: dict[str, Tensor], edge_index: Optional[Tensor] = None,
+             edge_weight: Optional[Tensor] = None,
+             gather: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, Tensor]:
+        """The part of the forward after the encoders: gather the embeddings to the global batch (DDP), then the
+        method's forward. Split out so --accum-freq can run it on cached encoder outputs. Per-sample outputs other
+        than the two embeddings (image_tokens) stay local."""
+        local = dict(local)
         image_emb, text_emb = local.pop("image_emb"), local.pop("text_emb")
         if gather is not None:
             image_emb, text_emb = gather(image_emb), gather(text_emb)
@@ -137,19 +146,30 @@ class ContrastiveModel(nn.Module):
 
     def encode(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
         """This rank's encoder outputs: normalised image_emb and text_emb, plus `image_tokens` [b, n, width] (the
-        ViT's patch tokens before the projection) for a method with `needs_image_tokens`."""
+        ViT's patch tokens before the projection) for a method with `needs_image_tokens`.
+
+        open_clip's ViT returns the patch tokens after ln_post and without the class token for its 'tok' and 'avg'
+        pooling; with pool_type 'none' they include it (dropped here). An attention-pooled tower returns pooler
+        queries, not patch tokens: refused."""
         if not self.method.needs_image_tokens:
             return {"image_emb": self.encode_image(images), "text_emb": self.encode_text(tokens)}
         visual = self.clip.visual
-        if not hasattr(visual, "output_tokens"):
-            raise TypeError(f"method {self.method.name} needs a ViT image tower (patch tokens)")
+        if not hasattr(visual, "output_tokens") or getattr(visual, "attn_pool", None) is not None:
+            raise TypeError(f"method {self.method.name} needs a ViT image tower without attention pooling "
+                            "(patch tokens)")
         visual.output_tokens = True
         try:
-            pooled, patch_tokens = visual(images)
+            pooled, tokens_out = visual(images)
         finally:
             visual.output_tokens = False
+        patches = math.prod(visual.grid_size)
+        if tokens_out.shape[1] == patches + 1:  # pool_type 'none': the class token is still in front
+            tokens_out = tokens_out[:, 1:]
+        if tokens_out.shape[1] != patches:
+            raise TypeError(f"method {self.method.name}: the ViT gave {tokens_out.shape[1]} tokens for a "
+                            f"{visual.grid_size} patch grid (registers or a pooler are not supported)")
         return {"image_emb": F.normalize(pooled, dim=-1), "text_emb": self.encode_text(tokens),
-                "image_tokens": patch_tokens}
+                "image_tokens": tokens_out}
 
     @torch.no_grad()
     def clamp_scales_(self) -> None:

@@ -6,10 +6,19 @@ interpreted in one place. Opening a release reads manifest.json alone and refuse
 cannot read (another MAJOR version: the columns changed meaning); every table is read on first use. A missing
 file, column or class id is a `ReleaseError` (a TrainSetupError: the CLIs print it and exit 2), never a guess.
 `read_edges` also reads a bare edges file (`slip-train --shards PATTERN --graph FILE`, no release).
+
+A release can also be a URL (`Release("https://host/rel")`, any fsspec protocol, see trainer.remote): its small
+files (manifest, sizes, nodes, edges, labels) are copied into a local cache folder on first use and checked against
+the manifest's sha256 (a cached copy that still matches is reused); shards stay remote and are streamed. The shard
+list then comes from the manifest, whose paths are untrusted: one that is not a normalised relative path (`..`,
+absolute, another URL) makes the whole release unreadable.
 """
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,6 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from slipio.hashing import file_sha256
+from slipio.paths import UnsafePath, check_relpath
+from trainer import remote
 from trainer.config import TrainSetupError
 
 SPLITS = ("train", "val", "test")
@@ -63,33 +75,102 @@ class Release:
     """A release folder, opened for reading: `Release(path)` checks the manifest, the rest is read lazily."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise ReleaseFileMissing(f"release {self.path}: not a folder")
+        location = str(path)
+        if location.startswith("file://"):  # a local folder, read as one (symlink and file-type checks included)
+            location = urllib.parse.unquote(urllib.parse.urlsplit(location).path)
+        self.url: Optional[str] = None
+        if remote.is_url(location):
+            self.url = location.rstrip("/")
+            self._open_remote()
+        else:
+            self.path = Path(location)
+            if not self.path.is_dir():
+                raise ReleaseFileMissing(f"release {self.path}: not a folder")
         manifest = self._json(MANIFEST)
         if not isinstance(manifest, dict):
-            raise ReleaseError(f"{self.path / MANIFEST}: expected a JSON object")
+            raise ReleaseError(f"{self._where(MANIFEST)}: expected a JSON object")
         problems = schemas.check_schema_versions(manifest.get("schema_versions"), READS)
         if problems:
-            raise ReleaseError(f"{self.path / MANIFEST}: {'; '.join(problems)}; this trainer cannot read the "
+            raise ReleaseError(f"{self._where(MANIFEST)}: {'; '.join(problems)}; this trainer cannot read the "
                                f"release (rebuild it with the matching slip-etl, or use a matching trainer)")
         self.manifest: dict[str, Any] = manifest
+        if self.url is not None:
+            self._check_remote_files()
         self._nodes: Optional[dict[str, np.ndarray]] = None
         self._sizes: Optional[dict[str, int]] = None
         self._labels: Optional[dict[str, Any]] = None
 
     def __str__(self) -> str:
-        return str(self.path)
+        return self.url or str(self.path)
 
     def __repr__(self) -> str:
-        return f"Release({str(self.path)!r})"
+        return f"Release({str(self)!r})"
+
+    # ---- remote releases -----------------------------------------------------------------------------------
+    def _open_remote(self) -> None:
+        """Fetch the manifest of a release URL into its cache folder (always fresh: it says what the rest is)."""
+        assert self.url is not None
+        if remote.is_pipe(self.url):
+            raise ReleaseError(f"--release {self.url}: a release is a folder or a URL, not a pipe: command "
+                               f"(give its shards with --shards 'pipe:...')")
+        problem = remote.backend_error(self.url, "--release")
+        if problem is not None:
+            raise ReleaseError(problem)
+        self.path = remote.cache_root() / "releases" / hashlib.sha256(self.url.encode()).hexdigest()[:20]
+        try:
+            remote.download(self._url(MANIFEST), self.path / MANIFEST)
+        except FileNotFoundError:
+            raise ReleaseFileMissing(f"release {self.url}: no {MANIFEST} at {self._url(MANIFEST)}") from None
+        except remote.stream_errors() as exc:
+            raise ReleaseError(f"release {self.url}: cannot read {MANIFEST} ({type(exc).__name__}: {exc})") from None
+
+    def _check_remote_files(self) -> None:
+        """Every manifest path must be a normalised relative path: it becomes part of a URL under the release."""
+        files = self.manifest.get("files")
+        if not isinstance(files, dict):
+            raise ReleaseError(f"{self._where(MANIFEST)}: 'files' must map relative paths to {{bytes, sha256}}")
+        for rel in files:
+            try:
+                check_relpath(rel)
+            except UnsafePath as exc:
+                raise ReleaseError(f"{self._where(MANIFEST)}: {exc}; refusing to read this release") from None
+
+    def _url(self, rel: str) -> str:
+        assert self.url is not None
+        return f"{self.url}/{urllib.parse.quote(rel) if remote.protocol(self.url) in ('http', 'https') else rel}"
+
+    def _where(self, rel: str) -> str:
+        return self._url(rel) if self.url is not None else str(self.path / rel)
+
+    def _fetch(self, rel: str) -> Path:
+        """The cached copy of a small remote file, downloaded when absent or not matching the manifest's sha256."""
+        entry = self.manifest.get("files", {}).get(rel) if rel != MANIFEST else None
+        if rel != MANIFEST and not isinstance(entry, dict):
+            raise ReleaseFileMissing(f"release {self.url} has no {rel} (not in its {MANIFEST})")
+        local = self.path / rel
+        if rel == MANIFEST:
+            return local
+        expected = entry.get("sha256")
+        if local.is_file() and expected is not None and file_sha256(local)[0] == expected:
+            return local
+        try:
+            remote.download(self._url(rel), local)
+        except FileNotFoundError:
+            raise ReleaseFileMissing(f"release {self.url}: {self._url(rel)} not found") from None
+        except remote.stream_errors() as exc:
+            raise ReleaseError(f"release {self.url}: cannot read {rel} ({type(exc).__name__}: {exc})") from None
+        if expected is not None and file_sha256(local)[0] != expected:
+            local.unlink()
+            raise ReleaseError(f"release {self.url}: {rel} does not match the sha256 in its {MANIFEST} "
+                               f"(a changed or damaged copy on the server)")
+        return local
 
     # ---- shards --------------------------------------------------------------------------------------------
     def shards(self, split: str) -> list[str]:
         """Paths of the split's shard tars (`shards/{split}-*.tar`, in name order); none is an error."""
         found = self._split_shards(split)
         if not found:
-            raise ReleaseError(f"no {split}-*.tar shards in {self.path / SHARDS}")
+            raise ReleaseError(f"no {split}-*.tar shards in {self._where(SHARDS)}")
         return found
 
     def all_shards(self) -> list[str]:
@@ -102,13 +183,17 @@ class Release:
             sizes = self._json(SIZES)
             if not isinstance(sizes, dict) or not all(isinstance(n, int) and not isinstance(n, bool)
                                                       for n in sizes.values()):
-                raise ReleaseError(f"{self.path / SIZES}: expected a mapping of shard name to sample count")
+                raise ReleaseError(f"{self._where(SIZES)}: expected a mapping of shard name to sample count")
             self._sizes = dict(sorted(sizes.items()))
         if split is None:
             return dict(self._sizes)
         return {name: n for name, n in self._sizes.items() if name.startswith(f"{split}-")}
 
     def _split_shards(self, split: str) -> list[str]:
+        if self.url is not None:  # the manifest's file list (paths checked when the release was opened)
+            pattern = f"{SHARDS}/{split}-*.tar"
+            return [self._url(rel) for rel in sorted(self.manifest["files"])
+                    if fnmatch.fnmatchcase(rel, pattern) and rel.count("/") == 1]
         folder = self.path / SHARDS
         if not folder.is_dir():
             raise ReleaseFileMissing(f"release {self.path} has no {SHARDS}/ folder")
@@ -132,15 +217,22 @@ class Release:
     def graph_file(self, method: str) -> Path:
         """edges.parquet for a method that trains on the product graph; its absence names the release and the
         ways out (a release built without edges can still train the CLIP baseline)."""
-        path = self.path / EDGES
-        if not path.is_file():
-            raise ReleaseFileMissing(f"release {self.path} has no {EDGES}: --method {method} trains on the "
+        present = EDGES in self.manifest.get("files", {}) if self.url is not None else (self.path / EDGES).is_file()
+        if not present:
+            raise ReleaseFileMissing(f"release {self} has no {EDGES}: --method {method} trains on the "
                                      f"product graph and needs it (use --method clip, or give --graph FILE)")
-        return path
+        return self._file(EDGES)
 
     def edges(self, kinds: Optional[Sequence[str]] = None) -> pa.Table:
         """edges.parquet (src, dst, weight, kind; stored once per pair), only `kinds` when given."""
         return read_edges(self._file(EDGES), kinds)
+
+    def table(self, rel: str, columns: Sequence[str]) -> pa.Table:
+        """Named columns of one of the release's Parquet tables (nodes.parquet's texts, reviews.parquet), for
+        readers beyond training such as `slip-train encode`; every column asked for must be there."""
+        path = self._file(rel)
+        _require_columns(path, columns)
+        return pq.read_table(path, columns=list(columns))
 
     # ---- labels --------------------------------------------------------------------------------------------
     def labels(self) -> dict[str, Any]:
@@ -150,7 +242,7 @@ class Release:
             classes = labels.get("classes") if isinstance(labels, dict) else None
             if not isinstance(classes, list) or not all(isinstance(c, dict) and "id" in c and "name" in c
                                                         for c in classes):
-                raise ReleaseError(f"{self.path / LABELS}: 'classes' must be a list of {{id, name, count}}")
+                raise ReleaseError(f"{self._where(LABELS)}: 'classes' must be a list of {{id, name, count}}")
             self._labels = labels
         return self._labels
 
@@ -159,12 +251,14 @@ class Release:
         classes = self.labels()["classes"]
         by_id = {int(c["id"]): str(c["name"]) for c in classes}
         if sorted(by_id) != list(range(len(classes))):
-            raise ReleaseError(f"{self.path / LABELS}: class ids must be 0..{len(classes) - 1}, "
+            raise ReleaseError(f"{self._where(LABELS)}: class ids must be 0..{len(classes) - 1}, "
                                f"got {sorted(by_id)[:10]}")
         return [by_id[i] for i in range(len(classes))]
 
     # ---- files ---------------------------------------------------------------------------------------------
     def _file(self, rel: str) -> Path:
+        if self.url is not None:
+            return self._fetch(rel)
         path = self.path / rel
         if not path.is_file():
             raise ReleaseFileMissing(f"release {self.path} has no {rel}")
@@ -175,7 +269,7 @@ class Release:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+            raise ReleaseError(f"{self._where(rel)}: not valid JSON ({exc})") from None
 
 
 def _require_columns(path: Path, columns: Sequence[str]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from etl.config import PipelineConfig
+from etl.config import ConfigError, PipelineConfig
 from etl.core.stage import RunOptions
 
 log = logging.getLogger("slip_etl")
@@ -47,12 +47,18 @@ def open_source(cfg: PipelineConfig, opts: RunOptions) -> Iterator[RunOptions]:
 def ensure_sample_catalog(cfg: PipelineConfig, opts: RunOptions) -> Path:
     """Generate the sample catalog under the dataset root unless the same one is already there."""
     from etl.sample import SAMPLE_GENERATOR_VERSION, generate_catalog
+    from etl.sample.knobs import parse_knobs
 
     src = cfg.source("sample")
+    try:
+        knobs = parse_knobs(src.sample_knobs, "sources.sample.sample_knobs")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     folder = opts.dataset_root / "sample_src"
     marker = folder / "generated.json"
     want = {"generator": SAMPLE_GENERATOR_VERSION, "seed": src.sample_seed, "products": src.sample_products,
-            "category": cfg.category_name(opts.category, "sample")}
+            "category": cfg.category_name(opts.category, "sample"),
+            **({"knobs": knobs.changed()} if knobs.changed() else {})}
     if marker.is_file():
         with contextlib.suppress(json.JSONDecodeError):
             if json.loads(marker.read_text()) == want:
@@ -60,6 +66,7 @@ def ensure_sample_catalog(cfg: PipelineConfig, opts: RunOptions) -> Path:
     if folder.exists():
         shutil.rmtree(folder)
     log.info("generating the sample catalog (%d products, seed %d)", src.sample_products, src.sample_seed)
-    generate_catalog(folder, category=want["category"], seed=src.sample_seed, n_products=src.sample_products)
+    generate_catalog(folder, category=want["category"], seed=src.sample_seed, n_products=src.sample_products,
+                     knobs=knobs)
     marker.write_text(json.dumps(want) + "\n")
     return folder

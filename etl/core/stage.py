@@ -19,12 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from etl.config import PipelineConfig
 from slipio import atomic
 from slipio.hashing import file_sha256
 from slipio.paths import UnsafePath, resolve_inside
+from slipio.progress import progress_bar
 
 log = logging.getLogger("slip_etl")
 
@@ -120,10 +119,11 @@ class StageContext:
     def upstream_stats(self, stage: str) -> dict[str, Any]:
         return self.upstream[stage].get("stats", {})
 
-    def progress(self, total: int | None = None, desc: str | None = None, unit: str = "it", **kw: Any) -> tqdm:
-        """A progress bar on stderr (stdout is reserved for the paths scripts read)."""
-        return tqdm(total=total, desc=desc or self.name, unit=unit, disable=not self.opts.progress,
-                    dynamic_ncols=True, leave=False, **kw)
+    def progress(self, total: int | None = None, desc: str | None = None, unit: str = "it", **kw: Any) -> Any:
+        """A progress bar on stderr (stdout is reserved for the paths scripts read); not a terminal: a line every
+        ~10 s (slipio.progress)."""
+        return progress_bar(total=total, desc=desc or self.name, unit=unit, disable=not self.opts.progress,
+                            dynamic_ncols=True, leave=False, **kw)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from schemas import bank as bank_contract
 from slipio import atomic
+from slipio.hashing import file_sha256
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -120,6 +122,69 @@ def render_card(*, name: str, version: str, license: str, license_note: str, sta
         "",
     ]
     return "\n".join(lines)
+
+
+BANKS_BEGIN, BANKS_END = "<!-- embedding-banks -->", "<!-- /embedding-banks -->"
+
+
+def bank_section(banks: list[tuple[str, dict[str, Any]]]) -> str:
+    """The card's "Embedding banks" section for (name, bank.json) pairs, between markers so it can be redrawn;
+    empty without banks."""
+    if not banks:
+        return ""
+    rows = [[f"`embeddings/{name}/`", f"`{m['image_encoder']}`" + (f" ({m['image_pretrained']})"
+                                                                  if m.get("image_pretrained") else ""),
+             m["image_dim"], f"{m['n_images']} of {m['n_nodes']}",
+             f"`{m['text_encoder']}`" + (f" ({m['text_pretrained']})" if m.get("text_pretrained") else ""),
+             m["text_field"], m["text_dim"]] for name, m in banks]
+    return "\n".join([
+        BANKS_BEGIN, "## Embedding banks", "",
+        "Frozen-encoder embeddings of every node (`slip-train encode`), float16, row i = node `node_id.npy[i]`; "
+        "`image_mask.npy` is false (and the `image.npy` row zero) for nodes without an image. Each bank's "
+        "`bank.json` records its encoders, dims and the sha256 of its files; `slip-etl validate` checks them.", "",
+        _table(["bank", "image encoder", "image dim", "images", "text encoder", "text field", "text dim"], rows),
+        BANKS_END])
+
+
+def with_bank_section(card: str, section: str) -> str:
+    """`card` with its bank section replaced by `section` (inserted before ## License when it had none)."""
+    start, end = card.find(BANKS_BEGIN), card.find(BANKS_END)
+    if not section and start < 0:
+        return card
+    if start >= 0 and end > start:
+        before, after = card[:start].rstrip("\n"), card[end + len(BANKS_END):].lstrip("\n")
+    else:
+        at = card.find("\n## License")
+        before, after = (card, "") if at < 0 else (card[:at].rstrip("\n"), card[at + 1:])
+    parts = [before] + ([section] if section else []) + ([after] if after else [])
+    return "\n\n".join(p.strip("\n") for p in parts) + "\n"
+
+
+def list_banks_in_card(root: Path) -> bool:
+    """Redraw README.md's bank section to list the banks attached to the release and re-sign README.md in
+    manifest.json; returns whether anything changed. A card that no longer matches its manifest entry (edited by
+    hand) is left alone for `slip-etl validate` to report: only a signed card is re-signed."""
+    import json
+
+    root = Path(root)
+    card_path, manifest_path = root / "README.md", root / "manifest.json"
+    if not card_path.is_file() or not manifest_path.is_file():
+        return False
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    entry = manifest.get("files", {}).get("README.md")
+    if not isinstance(entry, dict) or file_sha256(card_path)[0] != entry.get("sha256"):
+        return False
+    banks = [(folder.name, m) for folder in bank_contract.attached_banks(root)
+             if (m := bank_contract.read_manifest(folder)[0]) is not None]
+    text = card_path.read_text(encoding="utf-8")
+    new = with_bank_section(text, bank_section(banks))
+    if new == text:
+        return False
+    atomic.write_text(card_path, new)
+    digest, size = file_sha256(card_path)
+    manifest["files"]["README.md"] = {**entry, "bytes": size, "sha256": digest}
+    atomic.write_json(manifest_path, manifest)
+    return True
 
 
 def format_reasons(reasons: dict[str, int] | None) -> str:

@@ -5,8 +5,9 @@ release; each is checked again with `slipio.paths` right before it is read). A l
 release, lies inside it, contains it, or is an existing file is refused as bad input before anything is written.
 Files go up in manifest order with manifest.json last,
 so a destination holding a manifest holds the whole release; a destination that already holds a *different*
-release is refused (a version names one set of bytes). The Hub token comes from the environment (HF_TOKEN) and is
-never printed or logged; errors from the Hub are scrubbed of it.
+release is refused (a version names one set of bytes). Embedding banks attached as `embeddings/NAME/` go up
+after the release's files (each bank's bank.json last), and the card is redrawn to list them first. The Hub
+token comes from the environment (HF_TOKEN) and is never printed or logged; errors from the Hub are scrubbed of it.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from etl.release.card import list_banks_in_card
 from etl.release.validate import validate_release
+from schemas import bank as bank_contract
 from slipio.inputs import InputError
 from slipio.paths import UnsafePath, resolve_inside
 
@@ -70,6 +73,8 @@ def publish_release(release: Path, dest: str, dry_run: bool = False) -> Iterator
     """Validate `release` and parse `dest` now (PublishError on refusal); the returned iterator does the upload
     (or, with dry_run, only lists it) and yields one line per step."""
     release = Path(release)
+    if not dry_run:
+        _list_banks(release)
     problems = validate_release(release)
     if problems:
         shown = "\n  ".join(problems[:30])
@@ -82,6 +87,7 @@ def publish_release(release: Path, dest: str, dry_run: bool = False) -> Iterator
         check_local_destination(release, local, dest)
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
     files = [(rel, meta["bytes"]) for rel, meta in sorted(manifest["files"].items())]
+    files += bank_files(release)
     files.append(("manifest.json", (release / "manifest.json").stat().st_size))
     for rel, _ in files:  # validate_release checked these already; a publish never rests on that alone
         try:
@@ -99,6 +105,26 @@ def publish_release(release: Path, dest: str, dry_run: bool = False) -> Iterator
                                f"from the environment only, never from the command line)")
         return _to_hub(release, destination, manifest, files, token)
     return _to_filesystem(release, destination, files)
+
+
+def _list_banks(release: Path) -> None:
+    """The card lists the attached embedding banks before it goes up (README.md re-signed in manifest.json)."""
+    try:
+        list_banks_in_card(release)
+    except OSError as exc:
+        raise PublishError(f"{release}: cannot list its embedding banks in README.md ({exc.strerror or exc}); "
+                           f"make the release writable or publish a copy") from None
+
+
+def bank_files(release: Path) -> list[tuple[str, int]]:
+    """(path, bytes) of every attached embedding bank's files, bank.json last in each: the banks are signed by
+    their own bank.json (which validate_release checked), not by the release manifest."""
+    out = []
+    for folder in bank_contract.attached_banks(release):
+        rel = folder.relative_to(release).as_posix()
+        for name in [*bank_contract.ARRAYS, bank_contract.MANIFEST]:
+            out.append((f"{rel}/{name}", (folder / name).stat().st_size))
+    return out
 
 
 def _local_path(destination: Destination) -> Path | None:

@@ -9,7 +9,9 @@ every shard is a complete tar whose samples have exactly a jpg, txt and json mem
 that PIL opens and verifies and that ends with its end-of-image marker (a full decode of every image would take
 far longer than everything else); sizes.json matches the tars; referential integrity (edge endpoints
 and review products are nodes, every node with image_status ok is in exactly one shard of its own split, no key
-twice, labels.json names the node table's classes). The result is a list of readable problem lines, empty when
+twice, labels.json names the node table's classes); embedding banks attached as `embeddings/NAME/` are signed
+by their own bank.json instead of the manifest and checked against it and the release's nodes (schemas/bank.py).
+The result is a list of readable problem lines, empty when
 the release is valid; each kind of problem is listed at most MAX_PER_KIND times, then counted, so a badly broken
 release stays readable.
 """
@@ -33,6 +35,7 @@ import yaml
 from PIL import Image
 
 import schemas
+from schemas import bank as bank_contract
 from slipio.atomic import TMP_MARK
 from slipio.hashing import file_sha256
 from slipio.paths import UnsafePath, resolve_inside
@@ -73,7 +76,8 @@ def validate_release(path: Path) -> list[str]:
         if manifest is not None:
             problems.add("manifest", "manifest.json: no 'files' mapping")
         return problems.result()
-    _check_files(root, manifest["files"], problems)
+    banks = bank_contract.attached_banks(root)
+    _check_files(root, manifest["files"], problems, _bank_owned(root, banks))
     _check_identity(root, manifest, problems)
     for line in schemas.check_schema_versions(manifest.get("schema_versions"), [*TABLES.values(), "shard_sample"]):
         problems.add("schema_version", f"manifest.json: {line}")
@@ -86,6 +90,8 @@ def validate_release(path: Path) -> list[str]:
     samples = _check_shards(root, problems)
     if nodes is not None and samples is not None:
         _check_shard_coverage(nodes, samples, problems)
+    if nodes is not None:
+        _check_banks(root, banks, nodes, manifest["files"], problems)
     return problems.result()
 
 
@@ -104,7 +110,8 @@ def _load_json(root: Path, rel: str, problems: _Problems) -> Any:
         return None
 
 
-def _check_files(root: Path, files: dict[str, Any], problems: _Problems) -> None:
+def _check_files(root: Path, files: dict[str, Any], problems: _Problems,
+                 attached: frozenset[str] = frozenset()) -> None:
     for rel, meta in sorted(files.items()):
         try:
             p = resolve_inside(root, rel)
@@ -131,8 +138,25 @@ def _check_files(root: Path, files: dict[str, Any], problems: _Problems) -> None
             if rel not in files:  # a listed one is already reported above
                 problems.add("unsafe_path", f"{rel}: not a regular file ({_kind(mode)}); a release holds only "
                                             f"regular files and folders")
-        elif rel != "manifest.json" and rel not in files:
+        elif rel != "manifest.json" and rel not in files and rel not in attached:
             problems.add("unlisted", f"{rel}: not listed in the manifest")
+
+
+def _bank_owned(root: Path, banks: list[Path]) -> frozenset[str]:
+    """Files of the attached embedding banks: signed by each bank's own bank.json, not by the release manifest
+    (attaching a bank leaves the release's bytes as built); `_check_banks` checks them."""
+    return frozenset(p.relative_to(root).as_posix() for folder in banks for p in folder.iterdir())
+
+
+def _check_banks(root: Path, banks: list[Path], nodes: pa.Table, files: dict[str, Any], problems: _Problems) -> None:
+    """Each bank under embeddings/NAME/ against its bank.json (schema, bytes, sha256, dtypes, dims) and against
+    this release: exactly its node ids, encoded from its nodes.parquet (schemas/bank.py)."""
+    meta = files.get("nodes.parquet")
+    nodes_sha = meta.get("sha256") if isinstance(meta, dict) else None
+    for folder in banks:
+        rel = folder.relative_to(root).as_posix()
+        for line in bank_contract.check_bank(folder, node_ids=_node_ids(nodes), nodes_sha256=nodes_sha):
+            problems.add("bank", f"{rel}: {line}")
 
 
 def _walk(root: Path) -> list[tuple[str, int]]:

@@ -11,6 +11,10 @@
 
 Same arguments → byte-identical files (seeded ``random.Random`` streams per part, gzip ``mtime=0``, no clocks).
 
+Regimes: ``knobs`` (``etl.sample.knobs.SampleKnobs``) change what the graph means: brand loyalty, category focus,
+substitutes vs complements, near-duplicate products, density, noise. Their defaults are the numbers below, so
+``SampleKnobs()`` writes the same bytes as ever; non-default knobs are listed in the truth file under ``knobs``.
+
 Structure (what models can learn):
 - Category tree ``Electronics > group > ... > leaf``: 8 groups, 45 leaves, 3-4 levels below the root
   (``taxonomy.py``). Products are spread unevenly: leaves get shares by weight × jitter, and 4 rare leaves get
@@ -70,8 +74,10 @@ from etl.sample.defects import (
     inject_reviews,
     plan_product_defects,
 )
+from etl.sample.duplicates import make_near_duplicates
 from etl.sample.images import Renderer, variants
-from etl.sample.purchases import co_purchase_counts, make_purchases, make_users
+from etl.sample.knobs import SampleKnobs, parse_knobs
+from etl.sample.purchases import Purchase, User, co_purchase_counts, make_purchases, make_users
 from etl.sample.records import (
     also_buy_lists,
     also_view_lists,
@@ -98,21 +104,37 @@ _CORRUPT_BODIES = {
 }
 
 
-def generate_catalog(dest: Path, *, category: str = "Electronics", seed: int = 0, n_products: int = 3000) -> dict:
+def plan_catalog(seed: int, n_products: int, knobs: SampleKnobs = SampleKnobs()
+                 ) -> tuple[list[Product], list[User], list[Purchase], list[tuple[int, int]]]:
+    """Products, users, purchases and near-duplicate (copy, original) pairs: the catalog before any file is written.
+
+    Cheap (no images), so tests and benches can measure a regime's statistics without rendering it.
+    """
+    if n_products < MIN_PRODUCTS:
+        raise ValueError(f"n_products must be at least {MIN_PRODUCTS}, got {n_products}")
+    products = make_products(n_products, _rng(seed, "products"))
+    duplicates = (make_near_duplicates(products, knobs.near_duplicate_share, _rng(seed, "near-duplicates"))
+                  if knobs.near_duplicate_share else [])
+    users = make_users(n_products, _rng(seed, "users"), knobs)
+    purchases = make_purchases(products, users, _rng(seed, "purchases"), knobs)
+    return products, users, purchases, duplicates
+
+
+def generate_catalog(dest: Path, *, category: str = "Electronics", seed: int = 0, n_products: int = 3000,
+                     knobs: SampleKnobs | dict | None = None) -> dict:
     """Write the sample catalog under ``dest`` and return its truth (also written to ``sample_truth.json``).
 
     ``dest`` must be empty, missing, or hold an earlier sample (whose files are then replaced), so no stale
-    image from another seed can be served.
+    image from another seed can be served. ``knobs``: the regime (default: the historical sample).
     """
     category = taxonomy_for(category)
+    knobs = parse_knobs(knobs)
     if n_products < MIN_PRODUCTS:
         raise ValueError(f"n_products must be at least {MIN_PRODUCTS}, got {n_products}")
     dest = Path(dest)
     _prepare(dest)
 
-    products = make_products(n_products, _rng(seed, "products"))
-    users = make_users(n_products, _rng(seed, "users"))
-    purchases = make_purchases(products, users, _rng(seed, "purchases"))
+    products, users, purchases, duplicates = plan_catalog(seed, n_products, knobs)
     reviews = make_reviews(purchases, products, users, _rng(seed, "reviews"))
     ratings = rating_summary(reviews, products, _rng(seed, "ratings"))
     asins = {product.asin for product in products}
@@ -142,6 +164,9 @@ def generate_catalog(dest: Path, *, category: str = "Electronics", seed: int = 0
         "category": category,
         "seed": seed,
         "n_products": n_products,
+        **({"knobs": knobs.changed(),
+            "near_duplicates": [{"asin": products[c].asin, "of": products[o].asin} for c, o in duplicates]}
+           if knobs.changed() else {}),
         "line_numbers": "1-based",
         "files": files,
         "counts": {

@@ -8,6 +8,9 @@
 - A few power users buy hundreds of products across many groups with more noise (the hubs a graph stage must
   cope with).
 - Items of a basket are reviewed within two days of each other; baskets of a user are weeks apart.
+
+The regime knobs (``etl.sample.knobs``) set brand loyalty, focus, substitutes, density and noise; their defaults
+are the constants below.
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from etl.sample.catalog import Product, fresh_id
+from etl.sample.knobs import SampleKnobs
 from etl.sample.taxonomy import GROUPS, LEAVES, STYLES, complements
 
-USERS_PER_PRODUCT = 4.0
+USERS_PER_PRODUCT = 4.0  # knob users_per_product
 PRODUCTS_PER_POWER_USER = 600  # one power user per this many products (at least MIN_POWER_USERS)
 MIN_POWER_USERS = 3
 POWER_BASKETS = (120, 260)
-NOISE_SHARE = {"regular": 0.08, "power": 0.3}  # anchors drawn from any group instead of the user's interests
+NOISE_SHARE = {"regular": 0.08, "power": 0.3}  # anchors from any group instead of the user's (knob noise_share)
 COMPLEMENT_P = (0.6, 0.35)  # chance of a first, then a second complementary item in a basket
-PREFERRED_BRAND_P = 0.6  # an anchor comes from the user's preferred brand when that leaf has it
-SAME_BRAND_P = 0.55  # a complement comes from the anchor's brand when that leaf has it ...
+PREFERRED_BRAND_P = 0.6  # an anchor comes from the user's preferred brand when that leaf has it (brand_loyalty)
+SAME_BRAND_P = 0.55  # a complement comes from the anchor's brand when that leaf has it (× brand_loyalty / 0.6) ...
 SAME_STYLE_P = 0.35  # ... else from the anchor's style
+INTEREST_GROUPS = (1, 2, 3)
+INTEREST_GROUP_WEIGHTS = (0.5, 0.35, 0.15)  # regular users' number of interest groups (knob category_focus = 1st)
 START_MS = 1388534400000  # 2014-01-01
 END_MS = 1693526400000  # 2023-09-01
 DAY_MS = 86_400_000
@@ -70,17 +76,20 @@ class _WeightedIndex:
         return rng.choices(items, cum_weights=self._cum[key])[0]
 
 
-def make_users(n_products: int, rng: random.Random) -> list[User]:
-    """Regular users (about ``USERS_PER_PRODUCT`` per product) followed by the power users."""
+def make_users(n_products: int, rng: random.Random, knobs: SampleKnobs = SampleKnobs()) -> list[User]:
+    """Regular users (``knobs.users_per_product`` per product) followed by the power users."""
     group_names = [group.name for group in GROUPS]
     group_weights = [sum(max(leaf.weight, 0.3) for leaf in LEAVES if leaf.group == g) for g in group_names]
     brands = {group.name: group.brands for group in GROUPS}
     taken: set[str] = set()
     users = []
     n_power = max(MIN_POWER_USERS, round(n_products / PRODUCTS_PER_POWER_USER))
-    for position in range(round(n_products * USERS_PER_PRODUCT) + n_power):
-        power = position >= round(n_products * USERS_PER_PRODUCT)
-        n_groups = rng.randint(4, 8) if power else rng.choices((1, 2, 3), weights=(0.5, 0.35, 0.15))[0]
+    n_regular = round(n_products * knobs.users_per_product)
+    focus = knobs.category_focus  # at the default 0.5 these are exactly INTEREST_GROUP_WEIGHTS
+    group_count_weights = (focus, (1 - focus) * 0.7, (1 - focus) * 0.3)
+    for position in range(n_regular + n_power):
+        power = position >= n_regular
+        n_groups = rng.randint(4, 8) if power else rng.choices(INTEREST_GROUPS, weights=group_count_weights)[0]
         groups = _sample_weighted(group_names, group_weights, n_groups, rng)
         brand = rng.choice(brands[groups[0]]) if rng.random() < 0.7 else None
         style = rng.choice([name for name, _, _ in STYLES]) if rng.random() < 0.5 else None
@@ -88,7 +97,8 @@ def make_users(n_products: int, rng: random.Random) -> list[User]:
     return users
 
 
-def make_purchases(products: list[Product], users: list[User], rng: random.Random) -> list[Purchase]:
+def make_purchases(products: list[Product], users: list[User], rng: random.Random,
+                   knobs: SampleKnobs = SampleKnobs()) -> list[Purchase]:
     """All purchases, user by user; a user never buys the same product twice."""
     by_leaf = _WeightedIndex(products, lambda p: p.leaf_index)
     by_brand = _WeightedIndex(products, lambda p: (p.leaf_index, p.brand))
@@ -98,6 +108,7 @@ def make_purchases(products: list[Product], users: list[User], rng: random.Rando
     leaves_of_group = {g.name: [i for i, leaf in enumerate(LEAVES) if leaf.group == g.name] for g in GROUPS}
     all_leaves = list(range(len(LEAVES)))
     leaf_weight = [max(leaf.weight, 0.3) for leaf in LEAVES]
+    same_brand = min(1.0, SAME_BRAND_P * (knobs.brand_loyalty / PREFERRED_BRAND_P))  # 0.55 at the default
 
     purchases: list[Purchase] = []
     basket_id = 0
@@ -105,12 +116,12 @@ def make_purchases(products: list[Product], users: list[User], rng: random.Rando
         bought: set[int] = set()
         n_baskets = rng.randint(*POWER_BASKETS) if user.power else min(40, int(rng.paretovariate(1.6)))
         time_ms = rng.randrange(START_MS, END_MS - 400 * DAY_MS)
-        noise = NOISE_SHARE["power" if user.power else "regular"]
+        noise = NOISE_SHARE["power"] if user.power else knobs.noise_share
         for _ in range(n_baskets):
             candidates = all_leaves if rng.random() < noise else leaves_of_group[rng.choice(user.groups)]
             anchor_leaf = rng.choices(candidates, weights=[leaf_weight[i] for i in candidates])[0]
             anchor = None
-            if user.brand and rng.random() < PREFERRED_BRAND_P:
+            if user.brand and rng.random() < knobs.brand_loyalty:
                 anchor = by_brand.pick((anchor_leaf, user.brand), rng)
             if anchor is None:
                 anchor = by_leaf.pick(anchor_leaf, rng)
@@ -118,7 +129,11 @@ def make_purchases(products: list[Product], users: list[User], rng: random.Rando
             for chance in COMPLEMENT_P:
                 if rng.random() >= chance:
                     break
-                basket.append(_complement(products[anchor], partners[anchor_leaf], by_leaf, by_brand, by_style, rng))
+                if knobs.substitute_share and rng.random() < knobs.substitute_share:  # no draw at the default 0
+                    basket.append(by_leaf.pick(anchor_leaf, rng))
+                    continue
+                basket.append(_complement(products[anchor], partners[anchor_leaf], by_leaf, by_brand, by_style,
+                                          same_brand, rng))
             for product in basket:
                 if product is not None and product not in bought:
                     bought.add(product)
@@ -130,13 +145,13 @@ def make_purchases(products: list[Product], users: list[User], rng: random.Rando
 
 
 def _complement(anchor: Product, partner_leaves: list[int], by_leaf: _WeightedIndex, by_brand: _WeightedIndex,
-                by_style: _WeightedIndex, rng: random.Random) -> int | None:
+                by_style: _WeightedIndex, same_brand: float, rng: random.Random) -> int | None:
     leaf = rng.choice(partner_leaves)
     draw = rng.random()
     picked = None
-    if draw < SAME_BRAND_P:
+    if draw < same_brand:
         picked = by_brand.pick((leaf, anchor.brand), rng)
-    elif draw < SAME_BRAND_P + SAME_STYLE_P:
+    elif draw < same_brand + SAME_STYLE_P:
         picked = by_style.pick((leaf, anchor.style), rng)
     return picked if picked is not None else by_leaf.pick(leaf, rng)
 

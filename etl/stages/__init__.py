@@ -47,6 +47,8 @@ def _source_files(cfg: PipelineConfig, opts: RunOptions) -> dict[str, Any]:
                              "files": {k: v.format(Category=name) for k, v in sorted(src.files.items())}}
     if opts.source == "sample":
         extra["sample"] = {"products": src.sample_products, "seed": src.sample_seed}
+        if src.sample_knobs:  # only when set, so default work folders keep their fingerprints
+            extra["sample"]["knobs"] = dict(sorted(src.sample_knobs.items()))
     return extra
 
 

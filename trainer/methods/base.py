@@ -5,6 +5,22 @@ A method declares its own config fields (`Options`, flattened into TrainConfig),
 its named loss terms and their weights, and the hooks the loop calls after each optimizer step (`clamp_`) and at
 each logged step (`log_scalars`).
 
+Global and local under DDP (torchrun) and --accum-freq K: `out`'s image_emb / text_emb, what `forward` derives
+from them, and BatchContext's node_ids / edge_index cover the global batch (all ranks' K micro-batches, rank-major,
+micro-batches in order); every rank computes the same global terms. Per-sample outputs that are not embeddings
+(`image_tokens`) and `ctx.tokens` stay local: this rank's K micro-batches only, never gathered, so a term over them
+is this rank's mean and the loop's gradient average over ranks makes it the global mean. With --local-loss,
+`ctx.rows` names this rank's rows of the global batch: a global term may score only those rows against every
+column (clip_loss and structural_loss take `rows`; the per-rank terms are averaged) to save the global x global
+logits; a term that ignores `rows` stays correct (computed in full on every rank, as without --local-loss).
+
+Add-ons: a term any method can take (SuperCLIP's token classification, `--superclip-weight W`) is a `Method`
+mixin registered with `registry.register_addon`: its hooks (`bind`, `build`, `forward`, `loss_terms`,
+`term_weights`, `clamp_`, `log_scalars`) call `super()` and add their own part, and its classmethod `enabled(cfg)`
+says whether a run uses it. `registry.make_method(cfg, clip)` (what the model calls) puts the enabled add-ons in
+front of the run's method class, so every method gets the head and the term without being edited; the composed
+class keeps the method's name and options. Add-on hooks must therefore always call `super()`.
+
 Method modules import torch and the loss functions inside their functions, not at the top: trainer.config imports
 every method for its `Options`, and `slip-train --help` should not pay for torch.
 """
@@ -33,6 +49,7 @@ class BatchContext:
     edge_index: Optional[Tensor] = None  # [2, E] in-batch edges (PyG convention); None without a graph
     edge_weight: Optional[Tensor] = None  # [E]
     tokens: Optional[Tensor] = None  # [b, L] this rank's caption token ids (local micro-batch, not gathered)
+    rows: Optional[slice] = None  # --local-loss under DDP: this rank's rows of the global batch; None = every row
 
 
 class Method:
@@ -53,6 +70,10 @@ class Method:
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         """Raise ValueError for a config this method cannot train (runs inside TrainConfig's validation)."""
+
+    def bind(self, clip: nn.Module) -> None:
+        """Read what `build` needs from the run's open_clip model (SuperCLIP: the ViT width and the vocabulary);
+        called once by `make_method`, before `build`. Overrides call `super().bind(clip)`."""
 
     def build(self, embed_dim: int) -> dict[str, nn.Module | Tensor]:
         """Parts added to the model under these names: modules, parameters, buffers (plain tensors).

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from trainer.methods.base import BatchContext
-from trainer.methods.clip import CLIP
+from trainer.methods.clip import CLIP, ContrastiveLossOptions
 from trainer.methods.registry import register
 
 if TYPE_CHECKING:
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
 
-class SLIPOptions(BaseModel):
-    """SLIP's config fields (flattened into TrainConfig: `--gat-layers`, `--lambda-struct`, ...)."""
+class SLIPOptions(ContrastiveLossOptions):
+    """SLIP's config fields (flattened into TrainConfig: `--gat-layers`, `--lambda-struct`, ...); the CLIP term's
+    `--loss softmax|sigmoid` comes with ContrastiveLossOptions."""
 
     # ---- graph refiner ------------------------------------------------------------------------------------------
     gat_type: Literal["gatv2", "gat"] = Field(
@@ -72,7 +73,7 @@ class SLIP(CLIP):
     Options = SLIPOptions
     needs_graph = True
     refines_embeddings = True
-    no_decay = ("struct_log_inv_temperature", "alpha")
+    no_decay = (*CLIP.no_decay, "struct_log_inv_temperature", "alpha")
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -85,8 +86,8 @@ class SLIP(CLIP):
 
         from trainer.methods._gat import GraphRefiner
         cfg = self.cfg
-        parts: dict[str, nn.Module | Tensor] = {
-            "gat_image": GraphRefiner(embed_dim, cfg), "gat_text": GraphRefiner(embed_dim, cfg)}
+        parts = super().build(embed_dim)
+        parts.update(gat_image=GraphRefiner(embed_dim, cfg), gat_text=GraphRefiner(embed_dim, cfg))
         log_inv_t = torch.tensor(math.log(1.0 / cfg.struct_temperature_init))
         parts["struct_log_inv_temperature"] = nn.Parameter(log_inv_t) if cfg.struct_temperature_learnable \
             else log_inv_t
@@ -111,19 +112,20 @@ class SLIP(CLIP):
         terms["struct"] = structural_loss(
             out["image_refined"], out["text_refined"], ctx.edge_index, out["struct_temperature"],
             intra_modal=cfg.struct_intra_modal, edge_weight=ctx.edge_weight if cfg.struct_edge_weight else None,
-            no_neighbor=cfg.struct_no_neighbor)
+            no_neighbor=cfg.struct_no_neighbor, rows=ctx.rows)
         return terms
 
     def term_weights(self) -> dict[str, float]:
-        return {"struct": self.cfg.lambda_struct}
+        return {**super().term_weights(), "struct": self.cfg.lambda_struct}
 
     @staticmethod
     def struct_temperature(model: Any) -> Tensor:
         return (-model.struct_log_inv_temperature).exp()
 
     def clamp_(self, model: Any) -> None:
+        super().clamp_(model)
         model.struct_log_inv_temperature.clamp_(max=math.log(1.0 / self.cfg.struct_temperature_min))
 
     def log_scalars(self, model: Any) -> dict[str, float]:
-        return {"struct_temperature": self.struct_temperature(model).item(),
+        return {**super().log_scalars(model), "struct_temperature": self.struct_temperature(model).item(),
                 "alpha_image": model.gat_image.alpha.item(), "alpha_text": model.gat_text.alpha.item()}

@@ -1,0 +1,75 @@
+"""bench/regimes.py: the paired verdict of the quality study, lever flags and run keys, and regime presets that
+the generator accepts."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from etl.sample.knobs import SampleKnobs
+
+_SPEC = importlib.util.spec_from_file_location("regimes", Path(__file__).resolve().parents[1] / "bench" / "regimes.py")
+regimes = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(regimes)
+
+
+def test_paired_verdict_compares_mean_difference_with_its_spread() -> None:
+    # differences 0.02, 0.03, 0.04: mean 0.03 > std 0.01 -> ahead, 3 of 3 seeds better
+    ahead = regimes.paired_verdict([0.52, 0.43, 0.64], [0.50, 0.40, 0.60], "i2t_R@1")
+    assert ahead["verdict"] == "ahead" and ahead["seeds_better"] == 3
+    assert ahead["mean"] == pytest.approx(0.03) and ahead["std"] == pytest.approx(0.01)
+    # differences +0.05, -0.04, +0.02: mean 0.01 < std -> level, although 2 of 3 seeds are better
+    assert regimes.paired_verdict([0.55, 0.36, 0.62], [0.50, 0.40, 0.60], "i2t_R@1")["verdict"] == "level"
+    # a higher rank is worse: SLIP ranks 3, 3.1, 3.2 vs CLIP 2.5, 2.6, 2.8 -> behind
+    assert regimes.paired_verdict([3.0, 3.1, 3.2], [2.5, 2.6, 2.8], "t2i_mean_rank")["verdict"] == "behind"
+    assert regimes.paired_verdict([0.5], [0.4], "i2t_R@1")["verdict"] == "n/a"  # one seed has no spread
+    # a stricter k turns the same differences level
+    assert regimes.paired_verdict([0.52, 0.43, 0.64], [0.50, 0.40, 0.60], "i2t_R@1", k=4)["verdict"] == "level"
+
+
+def test_levers_become_flags_and_folder_keys() -> None:
+    from trainer.config import TrainConfig
+
+    fields = TrainConfig.model_fields
+    levers = regimes.parse_levers(["lambda_struct=0.5", "struct-edge-weight=false"], fields)
+    assert levers == {"lambda_struct": "0.5", "struct_edge_weight": "false"}
+    assert regimes.lever_flags(levers, fields) == ["--lambda-struct", "0.5", "--no-struct-edge-weight"]
+    assert regimes.lever_key(levers) == "lambda_struct=0.5,struct_edge_weight=false"
+    with pytest.raises(SystemExit, match="not a slip-train option"):
+        regimes.parse_levers(["lambda=0.5"], fields)
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        regimes.parse_levers(["lambda_struct"], fields)
+
+
+def test_every_regime_is_valid_knobs_and_changes_the_sample() -> None:
+    assert len(regimes.REGIMES) >= 5 and regimes.REGIMES["default"] == {}
+    for name, knobs in regimes.REGIMES.items():
+        assert SampleKnobs(**knobs).changed() == knobs, name  # each preset leaves its defaults
+        assert len(regimes.regime_sets(name)) == len(knobs)
+    with pytest.raises(SystemExit, match="unknown regime"):
+        regimes.regime_sets("dense")
+
+
+def test_report_has_a_table_per_regime_and_a_summary_by_verdict() -> None:
+    path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    quality = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = quality  # its dataclass looks its module up
+    spec.loader.exec_module(quality)
+
+    def runs(r1: list[float]) -> list[dict]:
+        return [{"i2t_R@1": v, "graph_i2t_R@1": v, "train_time_s": 1.0} for v in r1]
+
+    results = {"default": {"clip": runs([0.50, 0.40, 0.60]), "slip": runs([0.52, 0.43, 0.64])},  # +0.03 ± 0.01
+               "sparse": {"clip": runs([0.50, 0.40, 0.60]), "slip": runs([0.45, 0.36, 0.54])}}  # −0.05 ± 0.01
+    studies = [quality.Study(name, name, Path(name)) for name in results]
+    args = SimpleNamespace(model="m", steps=3, batch_size=4, seeds=[0, 1, 2], levers={}, spread_k=1.0,
+                           train_arg=[], slip_arg=[])
+    text, summary = quality.report(studies, results, args)
+    assert "## default" in text and "## sparse" in text
+    assert "| i2t_R@1 | default | – | sparse |" in text  # ahead / level / behind, encoder-only and graph-aware
+    assert summary["regimes"]["sparse"]["verdicts"]["slip"]["i2t_R@1"]["verdict"] == "behind"
