@@ -111,6 +111,7 @@ def seed_slip(root: Path, urls: list[str]) -> tuple[object, object]:
         "description": [""] * n, "store": [None] * n, "main_category": ["Electronics"] * n,
         "category_path": [["Electronics", f"Leaf {i % 8}"] for i in range(n)], "price": [None] * n,
         "average_rating": [None] * n, "rating_number": [None] * n, "image_url": urls,
+        **dict.fromkeys(("image_url_thumb", "image_url_large", "image_url_hi_res"), [None] * n),
         "also_buy": [[]] * n, "also_view": [[]] * n})
     pq.write_table(schemas.conform(nodes, "nodes"), fixtures / "nodes.parquet")
     adopt_stage(cfg, opts, "nodes", {"nodes": fixtures / "nodes.parquet"})

@@ -175,6 +175,9 @@ class ImagesConfig(_Strict):
     max_bytes: int = Field(20_000_000, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1024)
     shorter_side: int = Field(256, ge=8, le=8192)
+    # smallest_covering: the smallest listed rendition that covers shorter_side, a larger one if it turns out too
+    # small (etl/imaging/renditions.py); largest: always hi_res > large > thumb (the image_url of the node table)
+    rendition: Literal["smallest_covering", "largest"] = "smallest_covering"
     resize_mode: Literal["keep_ratio", "center_crop"] = "keep_ratio"
     jpeg_quality: int = Field(95, ge=1, le=100)
     workers: int = Field(0, ge=0)
@@ -212,6 +215,10 @@ class ReleaseConfig(_Strict):
     name: str = "slip-amazon-{category}"
     license: str = "other"
     license_note: str = ""
+    # lp_split.parquet, the fixed link-prediction split (rule: etl/graph/lpsplit.py)
+    lp_negatives: int = Field(100, ge=1, description="fixed negatives per held-out edge (OGB-style ranking)")
+    lp_hard_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of them drawn from the query's class")
+    lp_seed: int = Field(0, description="seed of the held-out edges and their negatives")
 
     @field_validator("name")
     @classmethod

@@ -2,7 +2,7 @@
 
 A schema is a JSON file beside this module: `{name, version, columns: [{name, type, nullable}], unique}` for
 tables, `{name, version, fields: [...]}` for JSON records. Types: int32, int64, float32, float64, string, bool,
-binary, list<string>; records also object (a JSON mapping, e.g. a bank's file list).
+binary, list<string>, list<int64>; records also object (a JSON mapping, e.g. a bank's file list).
 
 `version` is the schema's MAJOR version (an int; `"M.m"` is read as major M): bump it when a column or field is
 removed, renamed, retyped or changes meaning. Each release manifest records the versions it was written with
@@ -28,6 +28,7 @@ _ARROW = {
     "bool": pa.bool_(),
     "binary": pa.large_binary(),
     "list<string>": pa.large_list(pa.large_string()),
+    "list<int64>": pa.large_list(pa.int64()),
 }
 # Accepted physical types per logical type (polars writes large_*; other writers may not).
 _COMPATIBLE = {
@@ -35,6 +36,7 @@ _COMPATIBLE = {
     "binary": (pa.types.is_binary, pa.types.is_large_binary),
     "list<string>": (lambda t: (pa.types.is_list(t) or pa.types.is_large_list(t))
                      and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)),),
+    "list<int64>": (lambda t: (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_int64(t.value_type),),
 }
 _JSON_TYPES = {"int64": int, "int32": int, "string": str, "float64": (int, float), "bool": bool, "object": dict}
 

@@ -20,3 +20,6 @@ done
 slip-eval compare "$OUT/runs/clip" "$OUT/runs/slip" --out "$OUT/compare"
 echo "release: $REL"
 echo "comparison: $OUT/compare"
+echo "what it shows: the pipeline end to end; one ${STEPS}-step run per method on the 3,000-product sample cannot"
+echo "separate a method difference from seed noise (compare.md says so). Multi-seed SLIP-vs-CLIP figures and how to"
+echo "run them: bench/README.md (bench/quality.py, bench/methods.py)."

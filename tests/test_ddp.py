@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers.ddp_driver import compare, step_result
-from helpers.torchrun import run_torchrun
+from helpers.torchrun import finish, free_port, launch, run_torchrun
 from helpers.training import make_train_assets, train_args
 from trainer.cli import train_main
 from trainer.run_io import read_log
@@ -133,6 +133,24 @@ def test_resume_under_ddp_continues_at_the_exact_step_and_only_rank_0_writes(ass
     assert code == 2  # one process cannot continue a 2-rank data position
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "world size" in err[0] and "--nproc_per_node 2" in err[0], err
+
+
+def test_two_nodes_joined_by_c10d_rendezvous_train_as_one_two_rank_run(assets, launched, tmp_path):
+    """Multi-node: two torchrun launches (one process each) that meet through the c10d rendezvous, as two machines
+    would; the run is the 2-rank run of the launch fixture, loss for loss."""
+    out = tmp_path / "two-nodes"
+    endpoint = f"127.0.0.1:{free_port()}"
+    rdzv = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+            "--rdzv-id", "two-nodes-test"]
+    env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    args = [str(train_script(tmp_path)), *flags(run_args(assets, out))]
+    nodes = [launch(rdzv, args, env) for _ in range(2)]
+    results = [finish(node, TIMEOUT_S) for node in nodes]
+    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    drop = ("samples_per_s", "data_time", "batch_time")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in read_log(out)] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in read_log(launched / "full")]
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
 
 
 def test_a_failing_rank_ends_the_run_with_its_error(assets, tmp_path):

@@ -94,6 +94,23 @@ def test_structural_edge_weights_weigh_positives():
     assert got.item() == pytest.approx(0.5 * (sum(i2t) / 2 + sum(t2i) / 2), rel=1e-6)
 
 
+def test_structural_neighbor_weight_scales_neighbours_against_the_true_pair():
+    img = t([[1.0, 0.0], [0.0, 1.0]])
+    txt = t([[0.8, 0.6], [0.0, 1.0]])
+    edges = torch.tensor([[0, 1], [1, 0]])
+    s = (img @ txt.T).tolist()
+    cols = [[s[0][0], s[1][0]], [s[0][1], s[1][1]]]
+    w = 0.25
+    i2t = [(nll(s[0], 0) + w * nll(s[0], 1)) / (1 + w), (nll(s[1], 1) + w * nll(s[1], 0)) / (1 + w)]
+    t2i = [(nll(cols[0], 0) + w * nll(cols[0], 1)) / (1 + w), (nll(cols[1], 1) + w * nll(cols[1], 0)) / (1 + w)]
+    got = structural_loss(img, txt, edges, torch.tensor(1.0), neighbor_weight=w)
+    assert got.item() == pytest.approx(0.5 * (sum(i2t) / 2 + sum(t2i) / 2), rel=1e-6)
+    # weight 0: the true pair alone, i.e. plain InfoNCE at the structural temperature
+    no_edges = structural_loss(img, txt, torch.empty(2, 0, dtype=torch.long), torch.tensor(1.0))
+    assert structural_loss(img, txt, edges, torch.tensor(1.0), neighbor_weight=0.0).item() == \
+        pytest.approx(no_edges.item(), rel=1e-6)
+
+
 def test_structural_intra_modal_term_excludes_self_and_isolated_rows():
     img = t([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
     txt = img.clone()

@@ -71,8 +71,8 @@ def test_card_front_matter_plots_and_stats(released):
     assert meta["license"] == "other" and meta["size_categories"] == ["n<1K"]
     assert set(meta["task_categories"]) <= {"image-to-text", "text-to-image", "zero-shot-image-classification",
                                             "graph-ml"}
-    assert meta["configs"] == [{"config_name": n, "data_files": f"{n}.parquet"} for n in ("nodes", "edges",
-                                                                                          "reviews")]
+    configs = {c["config_name"]: c["data_files"] for c in meta["configs"]}  # tests/test_ecosystem.py loads them
+    assert configs.keys() == {"nodes", "edges", "reviews", "lp_split"} and configs["edges"] == "edges.parquet"
     assert "| split | nodes | shards | samples |" in text and "Pipeline accounting" in text
     for name in ("degree_distribution.png", "class_histogram.png"):
         data = (folder / "plots" / name).read_bytes()

@@ -76,6 +76,18 @@ def test_release_over_http_trains_on_the_local_batches(assets, server, local_run
     assert server.hits("/rel/edges.parquet")  # the graph came over HTTP too (slip trains on it)
 
 
+def test_eval_of_a_release_over_http_scores_like_the_local_folder(assets, server, local_run, tmp_path):
+    from trainer import evaluate
+    run = assets["root"] / "local"
+    results = {}
+    for name, release in (("local", str(assets["release"])), ("http", server.url("/rel"))):
+        out = tmp_path / f"eval-{name}.json"
+        assert evaluate.main([str(run), "--release", release, "--max-samples", "12", "--json", str(out)]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["http"] == results["local"] and results["local"]["n_samples"] == 12
+    assert server.hits("/rel/shards/test-000000.tar")
+
+
 def test_shard_urls_pipes_and_file_globs_give_the_local_batches(assets, server, local_run, tmp_path):
     shards = sorted((assets["release"] / "shards").glob("train-*.tar"))
     last = shards[-1].stem.split("-")[1]

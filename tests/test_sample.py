@@ -295,8 +295,8 @@ def test_every_image_url_maps_onto_a_jpeg_except_the_listed_broken_ones(small):
     stated_odd = {item["url"] for item in truth["defects"]["meta_2023"]["non_http_image_url"]["items"]}
     assert urls - http_urls == stated_odd
 
-    missing = {item["url"] for item in truth["defects"]["images"]["missing_image"]["items"]}
-    corrupt = {item["url"] for item in truth["defects"]["images"]["corrupt_image"]["items"]}
+    missing = {url for item in truth["defects"]["images"]["missing_image"]["items"] for url in item["urls"]}
+    corrupt = {url for item in truth["defects"]["images"]["corrupt_image"]["items"] for url in item["urls"]}
     assert len(missing) >= 2 and len(corrupt) >= 2 and missing <= http_urls and corrupt <= http_urls
     absent, undecodable = set(), set()
     for url in http_urls:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from trainer.release import read_edges
+from trainer.release import read_training_edges
 
 #: weight of the link between two copies of the same product in one batch (the self pair's weight in the losses)
 COPY_LINK_WEIGHT = 1.0
@@ -77,8 +77,11 @@ class CSRGraph:
     @classmethod
     def from_parquet(cls, edges_path: Path, num_nodes: Optional[int] = None, kinds: Optional[Sequence[str]] = None,
                      max_neighbors: Optional[int] = None) -> "CSRGraph":
-        """Read an edges file (a release's edges.parquet or `--graph FILE`), optionally keeping only some kinds."""
-        return cls.from_table(read_edges(edges_path, kinds), num_nodes=num_nodes, max_neighbors=max_neighbors)
+        """The training graph of an edges file (a release's edges.parquet or `--graph FILE`), optionally only some
+        kinds: the held-out link-prediction pairs of an lp_split.parquet beside it are left out
+        (`read_training_edges`), so a run never trains on an edge evaluation scores."""
+        return cls.from_table(read_training_edges(edges_path, kinds), num_nodes=num_nodes,
+                              max_neighbors=max_neighbors)
 
     def neighbors(self, node: int) -> np.ndarray:
         return self.indices[self.indptr[node]:self.indptr[node + 1]]

@@ -29,6 +29,8 @@ from trainer.config import TrainSetupError
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_NAME = "open_clip_state_dict.pt"
+ALIGNMENT_EXPORT_NAME = "alignment_state_dict.pt"  # a bank-trained run's export (SAIL: no CLIP part)
+BEST_NAME = "best.pt"  # --val-every's best checkpoint: beside the step files, outside keep-last rotation
 _STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
 UNREADABLE_SUFFIX = ".unreadable"  # an unreadable checkpoint set aside by a fallback resume (kept to inspect)
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -70,12 +72,19 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def resolve_checkpoint(run_dir: Path, which: str = "latest") -> Path:
-    """'latest' (highest step in RUN/checkpoints), a step number (a file inside the run), or a path."""
+    """'latest' (highest step in RUN/checkpoints), 'best' (--val-every's pick), a step number (a file inside the
+    run), or a path."""
     if which == "latest":
         found = list_checkpoints(run_dir)
         if not found:
             raise FileNotFoundError(f"no step checkpoint in {Path(run_dir) / CHECKPOINT_DIR}")
         return found[-1][1]
+    if which == "best":
+        path = _inside(run_dir, f"{CHECKPOINT_DIR}/{BEST_NAME}")
+        if not path.is_file():
+            raise FileNotFoundError(f"no best checkpoint in {Path(run_dir) / CHECKPOINT_DIR} (it is kept only by "
+                                    "runs trained with --val-every); pass --checkpoint latest or a step")
+        return path
     if which.isdigit():
         path = _inside(run_dir, f"{CHECKPOINT_DIR}/{checkpoint_path(run_dir, int(which)).name}")
     else:
@@ -126,6 +135,37 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
     for _, old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
+
+
+def save_best(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
+    """Write `checkpoints/best.pt` atomically: a full checkpoint (resumable, evaluable) whose `state["best"]`
+    names the metric, its value and the step. Step-checkpoint rotation never touches it."""
+    path = Path(run_dir) / CHECKPOINT_DIR / BEST_NAME
+    atomic_torch_save({"format_version": FORMAT_VERSION, "step": step, **state}, path)
+    return path
+
+
+def reconcile_best(run_dir: Path, best: dict[str, Any] | None) -> None:
+    """Keep `checkpoints/best.pt` only when it is the best-so-far `best` the run (re)starts from.
+
+    A fresh run starts with none; a run resumed from an older checkpoint may find a best.pt written after that
+    checkpoint (killed between the two writes, or resumed from further back): the resumed run would pick it
+    again only by recomputing it, so it is removed and the resumed run writes it when that step is best again."""
+    path = Path(run_dir) / CHECKPOINT_DIR / BEST_NAME
+    if path.is_symlink():  # planted: never read through it, never kept
+        path.unlink()
+        return
+    if not path.is_file():
+        return
+    if best is not None:
+        try:
+            if load_checkpoint(path).get("best") == best:
+                return
+        except CheckpointError as exc:
+            log.warning("%s: removed", exc)
+    path.unlink()
+    if best is not None:
+        log.info("%s does not hold the best-so-far step %s this run resumes with: removed", path, best.get("step"))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -193,4 +233,12 @@ def export_open_clip(clip: nn.Module, run_dir: Path) -> Path:
     """`RUN/open_clip_state_dict.pt`: the bare open_clip state dict (no GATs), loadable by open_clip."""
     path = Path(run_dir) / EXPORT_NAME
     atomic_torch_save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, path)
+    return path
+
+
+def export_alignment(model: nn.Module, run_dir: Path) -> Path:
+    """`RUN/alignment_state_dict.pt`: a bank-trained run's (SAIL's) whole state dict, its alignment layers and loss
+    scales; there are no towers, so no open_clip export. The layers' shapes follow RUN/config.json and the bank."""
+    path = Path(run_dir) / ALIGNMENT_EXPORT_NAME
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     return path

@@ -274,12 +274,12 @@ def compare_main(argv: Sequence[str]) -> int:
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `slip-eval RUN --release REL ...` or `slip-eval compare RUN...`; returns the exit status."""
-    from trainer.eval_config import EvalConfig, build_eval_config
+    from trainer.eval_config import EvalConfig, build_eval_config, spread_int_lists
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["compare"]:
         return compare_main(args[1:])
-    config_file, given, verbose = run(config_command(EvalConfig, _EVAL_HELP), args, "slip-eval")
+    config_file, given, verbose = run(config_command(EvalConfig, _EVAL_HELP), spread_int_lists(args), "slip-eval")
     try:
         cfg = build_eval_config(config_file, **given)
     except InputError as exc:

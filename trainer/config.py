@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from trainer.methods import get_method, method_names, registered_methods
 
@@ -19,6 +19,17 @@ DEFAULT_METHOD = "slip"
 
 class TrainSetupError(ValueError):
     """A problem with the user's input (config, paths, model name) reported without a traceback."""
+
+
+_VAL = {"panel": "Validation"}
+REPORT_BACKENDS = ("tensorboard", "wandb", "none")
+# what --val-every scores (trainer/validation.py) and whether higher is better; best_metric is one of these
+VAL_METRICS: dict[str, bool] = {
+    "mean_R@1": True,
+    **{f"{way}_{name}": not name.endswith("_rank") for way in ("i2t", "t2i")
+       for name in ("R@1", "R@5", "R@10", "mrr", "mean_rank", "median_rank")},
+    **{f"zeroshot_{name}": True for name in ("acc1", "acc5", "mean_per_class_recall", "macro_f1")},
+}
 
 
 class BaseTrainConfig(BaseModel):
@@ -48,6 +59,10 @@ class BaseTrainConfig(BaseModel):
     augment: bool = Field(
         True, description="Use open_clip's train transform (RandomResizedCrop scale 0.9-1) instead of the val one.")
     workers: int = Field(1, ge=0, description="DataLoader worker processes (0 = load in the main process).")
+    bank: Optional[str] = Field(
+        None, description="Embedding bank (`slip-train encode`) for the methods that read frozen-encoder features "
+        "(sail, clip-ping): a bank folder, or NAME of one attached to --release (REL/embeddings/NAME). "
+        "None = no bank.")
 
     # ---- model --------------------------------------------------------------------------------------------------
     method: str = Field(DEFAULT_METHOD, description="Training method (one of trainer/methods' registry).")
@@ -99,6 +114,50 @@ class BaseTrainConfig(BaseModel):
     ckpt_every: int = Field(1000, ge=1, description="Write a step checkpoint every N steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Keep the last K step checkpoints.")
     resume: Optional[str] = Field(None, description="'latest' (in --out) or a checkpoint path to continue from.")
+    report_to: list[str] = Field(
+        ["tensorboard"], description="Where the logged scalars go besides log.jsonl (always written): tensorboard "
+        "(RUN/tb), wandb (the `wandb` extra; WANDB_MODE=offline works without an account), or none; several as "
+        "--report-to tensorboard,wandb.")
+    wandb_project: str = Field("slip-kit", description="W&B project of --report-to wandb (the run is RUN's name).")
+
+    # ---- validation during training -----------------------------------------------------------------------------
+    val_every: Optional[int] = Field(
+        None, ge=1, description="Score --val-split every N steps (and at the last step): retrieval both ways, mean "
+        "rank, zero-shot acc1, as val_* keys in log.jsonl and val/* in TensorBoard; keeps checkpoints/best.pt by "
+        "--best-metric. None = no validation (it costs a val pass each time).", json_schema_extra=_VAL)
+    val_split: str = Field("val", description="Release split scored by --val-every (never trained on).",
+                           json_schema_extra=_VAL)
+    val_max_samples: int = Field(
+        512, ge=1, description="Samples of --val-split scored each time (the first N in shard order, the same each "
+        "time, so values compare across steps): bounds the cost of a val pass to encoding N samples.",
+        json_schema_extra=_VAL)
+    best_metric: str = Field(
+        "mean_R@1", description="Validation metric that picks checkpoints/best.pt: mean_R@1 (mean of image->text "
+        "and text->image R@1: neither direction alone), or one of trainer.config.VAL_METRICS (ranks: lower is "
+        "better).", json_schema_extra=_VAL)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_report_to(cls, value: Any) -> Any:
+        """`tensorboard,wandb` (one flag value) and repeated flags alike; each name checked, `none` alone."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            return value
+        names = [n.strip() for item in value for n in str(item).split(",") if n.strip()]
+        bad = [n for n in names if n not in REPORT_BACKENDS]
+        if bad:
+            raise ValueError(f"unknown backend {bad[0]!r}; choose from {', '.join(REPORT_BACKENDS)}")
+        if "none" in names and len(names) > 1:
+            raise ValueError("'none' cannot be combined with other backends")
+        return [] if names == ["none"] else list(dict.fromkeys(names))
+
+    @field_validator("best_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in VAL_METRICS:
+            raise ValueError(f"{value!r} is not a validation metric; choose one of {', '.join(VAL_METRICS)}")
+        return value
 
     @model_validator(mode="after")
     def _check_data_source_and_method(self) -> "BaseTrainConfig":
@@ -112,8 +171,23 @@ class BaseTrainConfig(BaseModel):
         method = get_method(self.method)
         if method.needs_graph and self.shards is not None and self.graph is None:
             raise ValueError(f"--method {self.method} with --shards needs --graph edges.parquet")
+        if self.val_every is not None and self.release is None:
+            raise ValueError("--val-every needs --release (it scores the release's --val-split shards)")
+        if self.val_every is not None and method.trains_on_bank:
+            raise ValueError(f"--val-every is not supported for --method {self.method} (it trains on a bank, not "
+                             "on shards): drop --val-every and score the run with slip-eval RUN --split val")
         method.check(self)
         return self
+
+    def bank_path(self) -> Optional[Path]:
+        """The bank folder --bank names: the path itself when it is a folder, else REL/embeddings/NAME (None without
+        --bank). Whether it holds a bank that fits the release is trainer.bank.load_bank's check."""
+        if self.bank is None:
+            return None
+        path = Path(self.bank)
+        if not path.is_dir() and self.release is not None and (Path(self.release) / "embeddings" / path).is_dir():
+            return Path(self.release) / "embeddings" / path
+        return path
 
     def graph_path(self) -> Optional[Path]:
         """The edges file this run uses (None when there is none)."""

@@ -122,6 +122,14 @@ def build_encoders(image_spec: str, image_pretrained: Optional[str], text_spec: 
     return image, text
 
 
+def build_text_encoder(spec: str, pretrained: Optional[str], device: str, seed: int) -> TextEncoder:
+    """The text encoder alone, as build_encoders makes it (same seeded init): slip-eval encodes a bank-trained
+    run's zero-shot prompts with the bank's own text encoder."""
+    text = _text_encoder(spec, pretrained, _device(device), seed, _Cache())
+    text.dim = int(text.encode(["probe"]).shape[1])
+    return text
+
+
 def _device(device: str) -> torch.device:
     try:
         dev = torch.device(device)

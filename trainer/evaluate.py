@@ -9,9 +9,16 @@ What the numbers mean:
   product with the query's label; unlabelled products are neither queries nor hits) and `*_nbr_*` (neighbourhood
   level: a hit is the product itself or an evaluated product adjacent to it in the release graph, held-out
   link-prediction edges included; `nbr_with_neighbour` = share of queries with such a neighbour).
-- Zero-shot: class names from `REL/labels.json`, prompts from trainer.prompts; label -1 is left out.
-- Few-shot: the probe is trained on a seeded subsample (--fewshot-pool) of the train split's labelled products.
-- Link prediction: every evaluated product with >= 2 linkable neighbours (neighbours with an image) gets one
+- Retrieval cut-offs: R@k for every k of --recall-k (default 1 5 10) at every level.
+- Zero-shot: class names from `REL/labels.json`, prompts from trainer.prompts (or --templates FILE: its templates
+  and class-name overrides; `zeroshot_templates` counts the templates); label -1 is left out. Accuracy, mean
+  per-class recall and macro-F1.
+- Few-shot: the probe is trained on a seeded subsample (--fewshot-pool) of the train split's labelled products,
+  with k shots per class for each k of --fewshot-k (default 1 5 16); acc1 and macro-F1 per k.
+- Link prediction (`lp_protocol` in the result): `release` when the release has a fixed split (lp_split.parquet,
+  rule in etl/graph/lpsplit.py): each row of the split whose query is an evaluated product ranks its held-out
+  partner against the row's fixed negatives (trainer/lp_eval.py; MRR, Hits@1/3/10). Otherwise (older releases, or
+  --split train) `sampled`: every evaluated product with >= 2 linkable neighbours (neighbours with an image) gets one
   incident edge held out (seeded, at most once per edge); each end of a held-out edge is a query ranking the
   other end against --lp-negatives sampled non-neighbours from the same pool (evaluated products + held-out
   partners). Encoder-only and graph-aware scores use the same edges and the same negatives.
@@ -21,7 +28,8 @@ What the numbers mean:
   symmetrised. The encoded products are the evaluated, few-shot and link-prediction products plus their
   picked neighbours, read from every split's shards; deeper hops of a multi-layer GAT see what of their
   neighbourhood happens to be encoded. Encoder-only text embeddings of the prompts classify refined images.
-- No leakage: held-out edges are deleted from the graph before anything is refined or any neighbour is
+- No leakage: held-out edges (and every pair of the release's lp_split, which training never saw either) are
+  deleted from the graph before anything is refined or any neighbour is
   picked, so no refinement (of the endpoints or of any other product) sees them; negatives are drawn
   excluding every real edge, held-out ones included.
 """
@@ -43,11 +51,13 @@ from torch import Tensor
 from torch_geometric.utils import k_hop_subgraph
 
 from trainer import metrics
+from trainer.bank_eval import bank_nodes, bank_zeroshot_weights
 from trainer.batch_graph import CSRGraph
 from trainer.compare import GRAPH_PREFIX, format_value
 from trainer.data import decode_samples, tar_samples
 from trainer.eval_config import EvalConfig
-from trainer.prompts import class_prompts
+from trainer.lp_eval import FixedLinkRows, fixed_link_prediction_metrics, fixed_split
+from trainer.prompts import PromptSet, load_prompt_file
 from trainer.release import Release
 from trainer.run_io import LoadedRun, atomic_write_json, load_run
 
@@ -153,9 +163,10 @@ def encode_shards(run: LoadedRun, shards: list[str], n_classes: int, batch_size:
 
 
 @torch.inference_mode()
-def zeroshot_weights(run: LoadedRun, classnames: list[str], device: str) -> Tensor:
-    """[D, C] zero-shot classifier from the product prompts (CLIP_benchmark's template averaging)."""
-    prompts = class_prompts(classnames)
+def zeroshot_weights(run: LoadedRun, classnames: list[str], device: str,
+                     prompt_set: PromptSet = PromptSet()) -> Tensor:
+    """[D, C] zero-shot classifier from the prompts of `prompt_set` (CLIP_benchmark's template averaging)."""
+    prompts = prompt_set.prompts(classnames)
     tokens = run.tokenizer([p for per_class in prompts for p in per_class]).to(device)
     emb = run.model.encode_text(tokens).float().cpu()
     return metrics.zeroshot_class_weights(emb.view(len(classnames), len(prompts[0]), -1))
@@ -254,6 +265,7 @@ class EvalSets:
     lp_held_out: Tensor  # [2, H] rows
     lp_known: Tensor  # [2, E] rows: every real edge among the encoded products
     eval_neighbours: list[list[int]] = dataclasses.field(default_factory=list)  # per eval row: adjacent eval rows
+    lp_fixed: Optional[FixedLinkRows] = None  # the release's lp_split (then lp_held_out is empty)
 
 
 def caption_positives(captions: list[str]) -> list[list[int]]:
@@ -270,18 +282,23 @@ def score(image: Tensor, text: Tensor, labels: np.ndarray, captions: list[str], 
     rows = torch.as_tensor(sets.eval_rows)
     eval_labels = torch.as_tensor(labels[sets.eval_rows])
     same = caption_positives([captions[i] for i in sets.eval_rows])
-    out = metrics.retrieval_metrics(image[rows], text[rows], same, chunk_size=cfg.chunk_size)
-    out.update(metrics.category_retrieval_metrics(image[rows], text[rows], eval_labels, chunk_size=cfg.chunk_size))
+    ks = getattr(cfg, "recall_k", metrics.RECALL_KS)
+    out = metrics.retrieval_metrics(image[rows], text[rows], same, chunk_size=cfg.chunk_size, ks=ks)
+    out.update(metrics.category_retrieval_metrics(image[rows], text[rows], eval_labels, chunk_size=cfg.chunk_size,
+                                                  ks=ks))
     if sets.eval_neighbours:
         out.update(metrics.neighbour_retrieval_metrics(image[rows], text[rows], sets.eval_neighbours, same,
-                                                       chunk_size=cfg.chunk_size))
+                                                       chunk_size=cfg.chunk_size, ks=ks))
     if class_weights is not None and (eval_labels >= 0).any():
         out.update(metrics.zeroshot_metrics(image[rows], class_weights, eval_labels))
         if len(sets.fewshot_rows):
             few = torch.as_tensor(sets.fewshot_rows)
             out.update(metrics.fewshot_metrics(image[few], torch.as_tensor(labels[sets.fewshot_rows]), image[rows],
-                                               eval_labels, n_classes, seed=cfg.seed))
-    if sets.lp_held_out.shape[1]:
+                                               eval_labels, n_classes, seed=cfg.seed,
+                                               ks=getattr(cfg, "fewshot_k", metrics.FEWSHOT_KS)))
+    if sets.lp_fixed is not None and len(sets.lp_fixed):
+        out.update(fixed_link_prediction_metrics(image, sets.lp_fixed, chunk_size=cfg.chunk_size))
+    elif sets.lp_held_out.shape[1]:
         out.update(metrics.link_prediction_metrics(image, sets.lp_held_out, sets.lp_known,
                                                    candidates=torch.as_tensor(sets.lp_pool_rows),
                                                    n_negatives=cfg.lp_negatives, seed=cfg.seed))
@@ -306,14 +323,20 @@ def _rows_of(table_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the whole protocol (see the module docstring) and return the flat result."""
     release = Release(cfg.release)
-    run = load_run(Path(cfg.run), checkpoint=cfg.checkpoint, device=cfg.device)
+    run = load_run(Path(cfg.run), checkpoint=cfg.checkpoint, device=cfg.device, release=release)
     classnames = release.class_names()
     n_classes = len(classnames)
+    prompt_set = load_prompt_file(cfg.templates) if cfg.templates is not None else PromptSet()
+    prompt_set.prompt_names(classnames)  # class-name overrides that do not fit the release fail before encoding
     nodes = release.nodes()
     skipped: Counter = Counter()
     _log(f"encoding {cfg.split} split of {release} with {run.method} run {run.run_dir} (step {run.step})")
-    evaluated = encode_shards(run, release.shards(cfg.split), n_classes, cfg.batch_size,
-                              cfg.device, skipped, limit=cfg.max_samples)
+    if run.bank is not None:  # a bank-trained run (SAIL): stored embeddings through its layers (trainer/bank_eval.py)
+        evaluated = EncodedNodes(*bank_nodes(run, nodes, n_classes, cfg.device, skipped, split=cfg.split,
+                                             limit=cfg.max_samples))
+    else:
+        evaluated = encode_shards(run, release.shards(cfg.split), n_classes, cfg.batch_size,
+                                  cfg.device, skipped, limit=cfg.max_samples)
     if len(evaluated) == 0:
         raise ValueError(f"no valid sample in the {cfg.split} split (skipped: {dict(skipped)})")
 
@@ -324,20 +347,28 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     linkable = np.zeros(size, bool)
     linkable[nodes["node_id"][nodes["has_image"]]] = True
     linkable[evaluated.node_ids] = True
-    held_out = choose_held_out_edges(full_graph, evaluated.node_ids, linkable, cfg.seed)
-    refine_graph = without_edges(full_graph, held_out, max_neighbors)
+    fixed = fixed_split(release, cfg.split, evaluated.node_ids)  # the release's lp_split; None: sample edges here
+    held_out = (choose_held_out_edges(full_graph, evaluated.node_ids, linkable, cfg.seed) if fixed is None
+                else np.empty((0, 2), np.int64))
+    refine_graph = without_edges(full_graph, np.concatenate([held_out, release.held_out_pairs()]), max_neighbors)
 
     fewshot_ids = (sample_fewshot_pool(nodes, evaluated.node_ids, cfg.fewshot_pool, cfg.seed)
                    if n_classes else set())
     centres = set(evaluated.node_ids.tolist()) | fewshot_ids | set(held_out.ravel().tolist())
+    if fixed is not None:
+        centres |= set(fixed.node_ids().tolist())
     wanted = set(centres)
     if run.model.has_graph:
         wanted |= picked_neighbours(refine_graph, centres, linkable, max_neighbors)
     wanted -= set(evaluated.node_ids.tolist())
     _log(f"encoding {len(wanted)} few-shot / link-prediction / neighbour products from all splits")
-    context = encode_shards(run, release.all_shards(), n_classes,
-                            cfg.batch_size, cfg.device, skipped, wanted=wanted,
-                            skip_ids=frozenset(evaluated.node_ids.tolist()))
+    if run.bank is not None:
+        context = EncodedNodes(*bank_nodes(run, nodes, n_classes, cfg.device, skipped, wanted=wanted,
+                                           skip_ids=frozenset(evaluated.node_ids.tolist())))
+    else:
+        context = encode_shards(run, release.all_shards(), n_classes,
+                                cfg.batch_size, cfg.device, skipped, wanted=wanted,
+                                skip_ids=frozenset(evaluated.node_ids.tolist()))
     encoded = evaluated.concat(context)
     order = np.argsort(encoded.node_ids)
     ids = encoded.node_ids[order]
@@ -354,14 +385,23 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     lp_pool_rows=_rows_of(ids, lp_pool),
                     lp_held_out=torch.as_tensor(_rows_of(ids, found_held).T.reshape(2, -1)),
                     lp_known=known,
-                    eval_neighbours=eval_neighbours(full_graph, evaluated.node_ids))
-    class_weights = zeroshot_weights(run, classnames, cfg.device) if n_classes else None
+                    eval_neighbours=eval_neighbours(full_graph, evaluated.node_ids),
+                    lp_fixed=fixed.rows(ids) if fixed is not None else None)
+    zeroshot_skipped = None
+    if run.bank is not None and n_classes:  # prompts need the bank's own text encoder
+        class_weights, zeroshot_skipped = bank_zeroshot_weights(run, prompt_set.prompts(classnames), cfg.device)
+    else:
+        class_weights = zeroshot_weights(run, classnames, cfg.device, prompt_set) if n_classes else None
 
     result: dict[str, Any] = {"method": run.method, "split": cfg.split, "step": run.step,
                               "n_samples": len(evaluated), "skipped": sum(skipped.values()),
                               **{f"skipped_{reason}": n for reason, n in sorted(skipped.items())},
-                              "lp_held_out_edges": int(found_held.shape[0]),
-                              "fewshot_pool": len(sets.fewshot_rows)}
+                              "lp_protocol": "sampled" if fixed is None else "release",
+                              "lp_held_out_edges": int(found_held.shape[0]) if fixed is None else len(sets.lp_fixed),
+                              "fewshot_pool": len(sets.fewshot_rows),
+                              "zeroshot_templates": len(prompt_set.templates)}
+    if zeroshot_skipped is not None:
+        result["zeroshot_skipped"] = f"zero-shot and few-shot skipped: {zeroshot_skipped}"
     _log("scoring encoder-only embeddings")
     result.update(score(image, text, labels, captions, sets, class_weights, n_classes, cfg))
     if run.model.has_graph:
@@ -388,11 +428,12 @@ def json_safe(result: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
 
 
-INFO_KEYS = ("method", "split", "step", "n_samples", "skipped", "fewshot_pool", "lp_held_out_edges",
+INFO_KEYS = ("method", "split", "step", "n_samples", "skipped", "fewshot_pool", "zeroshot_templates",
+             "lp_protocol", "lp_held_out_edges",
              f"{GRAPH_PREFIX}context_products", f"{GRAPH_PREFIX}max_neighbors")
 
 
-def markdown_report(result: dict[str, Any], run_dir: Path, release: Path) -> str:
+def markdown_report(result: dict[str, Any], run_dir: Path, release: str | Path) -> str:
     """Header facts, then one row per metric: encoder-only beside graph-aware (when the run has a graph)."""
     lines = [f"# slip-eval: {run_dir.name}", "", f"- run: `{run_dir}`", f"- release: `{release}`"]
     lines += [f"- {key}: {format_value(result[key])}" for key in INFO_KEYS if key in result]

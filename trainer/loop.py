@@ -23,7 +23,6 @@ state.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import random
@@ -42,12 +41,15 @@ from trainer.batch_graph import CSRGraph, batch_graph_stats
 from trainer.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    export_alignment,
     export_open_clip,
     list_checkpoints,
     load_checkpoint,
     load_newest,
+    reconcile_best,
     resolve_checkpoint,
     restore_rng_state,
+    save_best,
     save_checkpoint,
     set_aside,
 )
@@ -72,12 +74,13 @@ from trainer.model import (
 )
 from trainer.optim import build_optimizer, lr_at, set_lr
 from trainer.release import Release
+from trainer.reporting import RunLogger, check_report_to
 from trainer.run_io import (
     LOG_FILE,
     SUMMARY_FILE,
-    TB_DIR,
     atomic_write_json,
     truncate_log,
+    write_bank_run_config,
     write_run_config,
 )
 
@@ -112,36 +115,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---- logging ----------------------------------------------------------------------------------------------------
-class RunLogger:
-    """log.jsonl (one line per logged step) + TensorBoard scalars; silent on ranks other than 0."""
-
-    def __init__(self, run_dir: Path, enabled: bool, purge_step: Optional[int]):
-        self.enabled = enabled
-        self._jsonl = None
-        self._tb = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            self._jsonl = open(Path(run_dir) / LOG_FILE, "a")
-            self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR), purge_step=purge_step)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "step":
-                self._tb.add_scalar(f"train/{key}", value, record["step"])
-        for reason, count in record.get("skipped", {}).items():
-            self._tb.add_scalar(f"skipped/{reason}", count, record["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
-
-
 # ---- the loop ---------------------------------------------------------------------------------------------------
 class Trainer:
     """Holds the run's state; `run()` trains to cfg.steps and returns the summary."""
@@ -158,8 +131,13 @@ class Trainer:
         seed_everything(cfg.seed)
 
         # validate inputs before building anything heavy
-        self.model_name = resolve_model_name(cfg.model)
-        shards = resolve_shards(cfg.release, cfg.shards, cfg.split)
+        check_report_to(cfg.report_to)
+        self.bank = None  # a bank-trained method (SAIL): stored features instead of towers and shards
+        if get_method(cfg.method).trains_on_bank:
+            from trainer.bank import load_bank
+            self.bank = load_bank(cfg.bank_path(), Release(cfg.release))  # refused here when it does not fit
+        self.model_name = resolve_model_name(cfg.model) if self.bank is None else None
+        shards = resolve_shards(cfg.release, cfg.shards, cfg.split) if self.bank is None else None
         graph_path = cfg.graph_path()
         needs_graph = get_method(cfg.method).needs_graph
         if needs_graph and cfg.release is not None and cfg.graph is None:
@@ -170,10 +148,13 @@ class Trainer:
         resumed = self._load_resume()  # a damaged checkpoint is bad input too: found before the model is built
         resume_path, state = resumed if resumed is not None else (None, {})
 
-        self.model: ContrastiveModel = build_model(cfg, self.device)
+        if self.bank is None:
+            self.model: ContrastiveModel = build_model(cfg, self.device)
+        else:
+            from trainer.bank_model import BankModel
+            self.model = BankModel(cfg, self.bank.image_dim, self.bank.text_dim).to(self.device)
         self.method = self.model.method
         self.term_weights = self.method.term_weights()
-        train_tf, val_tf = image_transforms(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step, self.samples_seen, consumed = 0, 0, 0
@@ -190,20 +171,36 @@ class Trainer:
             consumed = int(state["data"]["consumed_batches"])
             rng_state = state["rng"]
             self.resumed_from = str(resume_path)
-        self.data = TrainBatches(StreamSpec(
-            shards=shards, batch_size=cfg.batch_size, transform=train_tf if cfg.augment else val_tf,
-            tokenizer=tokenizer_for(self.model_name), seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-            shard_shuffle=cfg.shard_shuffle, augment=cfg.augment, rank=self.rank, world_size=self.world,
-            num_workers=max(cfg.workers, 1), consumed_batches=consumed),
-            workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        if self.bank is None:
+            train_tf, val_tf = image_transforms(self.model)
+            self.data = TrainBatches(StreamSpec(
+                shards=shards, batch_size=cfg.batch_size, transform=train_tf if cfg.augment else val_tf,
+                tokenizer=tokenizer_for(self.model_name), seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                shard_shuffle=cfg.shard_shuffle, augment=cfg.augment, rank=self.rank, world_size=self.world,
+                num_workers=max(cfg.workers, 1), consumed_batches=consumed),
+                workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        else:
+            from trainer.bank_data import BankBatches, train_rows
+            self.data = BankBatches(self.bank, train_rows(self.bank, Release(cfg.release), cfg.split),
+                                    cfg.batch_size, cfg.seed, self.rank, self.world, consumed, self.device)
         if resume_path is not None:
             self._check_resumable(state)
+        self.validator = None  # --val-every: built now, so a val split that cannot be read fails before training
+        if cfg.val_every is not None:
+            from trainer.validation import Validator
+            self.validator = Validator(cfg, val_tf, tokenizer_for(self.model_name), self.device)
+        from trainer.validation import BestSoFar
+        self.best = BestSoFar.from_state(cfg.best_metric, state.get("best"))
         if self.is_main:
-            write_run_config(self.run_dir, cfg, self.model_name, self.model)
+            if self.bank is not None:
+                write_bank_run_config(self.run_dir, cfg, self.bank)
+            else:
+                write_run_config(self.run_dir, cfg, self.model_name, self.model)
             if self.resumed_from is not None:
                 truncate_log(self.run_dir, self.step)
             elif (self.run_dir / LOG_FILE).exists():
                 (self.run_dir / LOG_FILE).unlink()  # a fresh run in a folder without checkpoints: fresh log
+            reconcile_best(self.run_dir, self.best.state())  # a best.pt from a lost future (or a fresh run): gone
         self.batches = iter(self.data)
         if rng_state is not None:
             restore_rng_state(rng_state)  # after the loader started, exactly where the first run saved it
@@ -218,7 +215,8 @@ class Trainer:
         self.forward: Callable = torch.compile(forward_module) if cfg.compile else forward_module
         self.encode: Callable = torch.compile(self.model.encode) if cfg.compile else self.model.encode
         self.micro_batches = cfg.accum * cfg.accum_freq  # one of the two is 1
-        self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.step + 1)
+        self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.step + 1, cfg=cfg,
+                                resumed=self.resumed_from is not None)
         self.setup_s = time.perf_counter() - self.t_start
 
     def _load_resume(self) -> Optional[tuple[Path, dict[str, Any]]]:
@@ -259,11 +257,15 @@ class Trainer:
                 f"resume needs the checkpoint's world size: it was trained by {saved.get('world_size', 1)} "
                 f"process(es), this run has {self.world}; each rank resumes its own data stream, so launch "
                 f"`torchrun --nproc_per_node {saved.get('world_size', 1)} slip-train ...` (or start a new --out)")
-        if saved["batch_size"] != self.cfg.batch_size or saved["num_workers"] != self.data.spec.num_workers:
+        workers = self.data.position()["num_workers"]
+        if saved["batch_size"] != self.cfg.batch_size or saved["num_workers"] != workers:
             raise TrainSetupError(
                 f"resume needs the checkpoint's data layout: batch size {saved['batch_size']}, "
                 f"{saved['num_workers']} loader worker(s); this run has {self.cfg.batch_size}, "
-                f"{self.data.spec.num_workers} (set --batch-size/--workers accordingly)")
+                f"{workers} (set --batch-size/--workers accordingly)")
+        if saved.get("bank_rows") != self.data.position().get("bank_rows"):
+            raise TrainSetupError(f"resume needs the checkpoint's bank rows: {saved.get('bank_rows')} trained on, "
+                                  f"{self.data.position().get('bank_rows')} now (another --bank or --split?)")
         if state["config"]["method"] != self.cfg.method:
             raise TrainSetupError(f"checkpoint was trained with --method {state['config']['method']}")
 
@@ -284,6 +286,10 @@ class Trainer:
     def _inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         return (batch["images"].to(self.device, non_blocking=True),
                 batch["tokens"].to(self.device, non_blocking=True), batch["node_ids"].to(self.device))
+
+    def _tokens(self, tokens: Tensor) -> Optional[Tensor]:
+        """BatchContext.tokens: the caption ids; None for a bank run (its second input is stored text features)."""
+        return tokens if self.bank is None else None
 
     def _global(self, local_ids: Tensor) -> tuple[Tensor, Optional[Callable], Optional[slice]]:
         """(the global batch's node ids, the gather for the embeddings, this rank's loss rows with --local-loss)."""
@@ -309,7 +315,7 @@ class Trainer:
             with self._autocast():
                 out = self.forward(images, tokens, edge_index, edge_weight, gather)
             terms = self.method.loss_terms(self.model, out,
-                                           BatchContext(node_ids, edge_index, edge_weight, tokens, rows))
+                                           BatchContext(node_ids, edge_index, edge_weight, self._tokens(tokens), rows))
             loss = weighted_sum(terms, self.term_weights)
             self.scaler.scale(loss / self.cfg.accum).backward()
         return {**self._checked(loss, terms), "node_ids": batch["node_ids"], **stats}
@@ -333,7 +339,8 @@ class Trainer:
         edge_index, edge_weight, stats = self._batch_graph(node_ids)
         with self._autocast():
             out = self.model.head(leaves, edge_index, edge_weight, gather)
-        terms = self.method.loss_terms(self.model, out, BatchContext(node_ids, edge_index, edge_weight, tokens, rows))
+        terms = self.method.loss_terms(self.model, out,
+                                       BatchContext(node_ids, edge_index, edge_weight, self._tokens(tokens), rows))
         loss = weighted_sum(terms, self.term_weights)
         record = self._checked(loss, terms)  # before the K re-encodings: a non-finite step stops here
         self.scaler.scale(loss).backward()
@@ -376,14 +383,32 @@ class Trainer:
         self.model.clamp_scales_()
         return grad_norm
 
-    def _checkpoint(self) -> None:
-        if not self.is_main:
-            return
-        save_checkpoint(self.run_dir, self.step, {
+    def _state(self) -> dict[str, Any]:
+        """What a checkpoint holds (module docstring of trainer/checkpoint.py), the best so far included."""
+        return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "scheduler_step": self.step, "samples_seen": self.samples_seen,
             "rng": capture_rng_state(), "data": {**self.data.position(), "world_size": self.world},
-            "config": self.cfg.model_dump(mode="json")}, keep_last=self.cfg.keep_last)
+            "config": self.cfg.model_dump(mode="json"), "best": self.best.state()}
+
+    def _checkpoint(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.run_dir, self.step, self._state(), keep_last=self.cfg.keep_last)
+
+    def _validate(self) -> Optional[dict[str, float]]:
+        """--val-every at this step: rank 0 scores (trainer/validation.py) while the other ranks wait at a
+        barrier; a new best (by --best-metric) is written as checkpoints/best.pt. The val_* values (rank 0) or
+        None."""
+        cfg = self.cfg
+        if self.validator is None or not (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+            return None
+        values = self.validator.score(self.model, self.step) if self.is_main else None
+        if self.world > 1:
+            dist.barrier()
+        if values is not None and self.best.improves(values.get(f"val_{cfg.best_metric}")):
+            self.best.update(values[f"val_{cfg.best_metric}"], self.step)
+            save_best(self.run_dir, self.step, self._state())
+        return values
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -407,7 +432,10 @@ class Trainer:
         bar.close()
         summary = {**self._summary(first_step, t_train, self.last_record), "status": "done"}
         if self.is_main:
-            export_open_clip(self.model.clip, self.run_dir)
+            if self.bank is None:
+                export_open_clip(self.model.clip, self.run_dir)
+            else:  # SAIL: no towers, nothing for open_clip; the alignment layers are the run's product
+                export_alignment(self.model, self.run_dir)
             atomic_write_json(self.run_dir / SUMMARY_FILE, summary)
         self.logger.close()
         return summary
@@ -421,6 +449,7 @@ class Trainer:
     def _train_steps(self, bar: Any) -> None:
         """Steps until cfg.steps: log, checkpoint; `self.last_record` is the last logged step's record."""
         cfg = self.cfg
+        val_postfix: dict[str, str] = {}
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg)
@@ -435,11 +464,17 @@ class Trainer:
             step_samples = cfg.batch_size * self.micro_batches * self.world
             self.samples_seen += step_samples
             batch_time = time.perf_counter() - t0
+            val = self._validate()  # after batch_time: a val pass is not a training step's time
+            if val is not None:
+                val_postfix = {f"val_{cfg.best_metric}": f"{val.get(f'val_{cfg.best_metric}', math.nan):.4f}"}
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                record = self._record(parts, lr, grad_norm, step_samples, data_time, batch_time)
+                record = {**self._record(parts, lr, grad_norm, step_samples, data_time, batch_time), **(val or {})}
                 self.logger.write(record)
                 self.last_record = record
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if _is_loss_key(k) and v is not None})
+                bar.set_postfix({**{k: f"{v:.4f}" for k, v in record.items() if _is_loss_key(k) and v is not None},
+                                 **val_postfix})
+            elif val is not None:  # a val step that is not a log step: a line of its own
+                self.logger.write({"step": self.step, "samples": self.samples_seen, **val})
             bar.update(1)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self._checkpoint()
@@ -449,14 +484,16 @@ class Trainer:
         train_s = time.perf_counter() - t_train
         trained = (self.step - first_step) * cfg.batch_size * self.micro_batches * self.world
         return {
-            "method": cfg.method, "model": cfg.model, "steps": self.step, "samples": self.samples_seen,
+            "method": cfg.method, "model": cfg.model if self.bank is None else f"bank:{cfg.bank}",
+            "steps": self.step, "samples": self.samples_seen,
             "samples_this_process": trained, "train_time_s": train_s, "setup_time_s": self.setup_s,
             "wall_time_s": time.perf_counter() - self.t_start,
             "samples_per_s": trained / train_s if train_s > 0 else None,
             "skipped": self.data.skipped(), "skipped_total": sum(self.data.skipped().values()),
             "final": {k: v for k, v in record.items() if _is_loss_key(k)},
             "device": str(self.device), "precision": self.precision, "world_size": self.world,
-            "workers": self.data.workers, "resumed_from": self.resumed_from}
+            "workers": self.data.workers, "resumed_from": self.resumed_from,
+            **({"best": self.best.state()} if self.validator is not None else {})}
 
     def _record(self, parts: list[dict[str, Any]], lr: float, grad_norm: Optional[float], step_samples: int,
                 data_time: float, batch_time: float) -> dict[str, Any]:

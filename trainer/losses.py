@@ -133,8 +133,11 @@ def _multi_positive_nll(logits: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
 
 def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: Tensor, intra_modal: bool = False,
                     edge_weight: Optional[Tensor] = None, no_neighbor: str = "self",
-                    rows: Optional[slice] = None) -> Tensor:
+                    rows: Optional[slice] = None, neighbor_weight: float = 1.0) -> Tensor:
     """Multi-positive InfoNCE where in-batch graph neighbours are positives.
+
+    `neighbor_weight` scales every cross-modal neighbour positive against the true pair (weight 1): 1 counts a
+    neighbour's caption as correct as the product's own, 0 leaves plain InfoNCE on the refined embeddings.
 
     Cross-modal (always): image i against all texts, positives = text i (weight 1) and the texts of i's
     neighbours (weight 1, or the edge weight with `edge_weight`); symmetric for text i against all images;
@@ -168,7 +171,7 @@ def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: T
     def term(logits: Tensor, pos: Tensor, selected: Tensor) -> Tensor:
         return _multi_positive_nll(logits, pos, selected).mean() if selected.any() else zero
 
-    cross_pos = neighbours + torch.eye(num_rows, device=img.device)
+    cross_pos = neighbor_weight * neighbours + torch.eye(num_rows, device=img.device)
     sim = img @ txt.T * inv_t
     loss = 0.5 * (term(sim, cross_pos, rows) + term(sim.T, cross_pos, rows))
     if intra_modal:
@@ -194,3 +197,25 @@ def weighted_sum(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
         weighted = weights.get(name, 1.0) * term
         total = weighted if total is None else total + weighted
     return total
+
+
+def sigmoid_neighbour_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, logit_bias: Tensor, edge_index: Tensor,
+                           node_ids: Optional[Tensor] = None, rows: Optional[slice] = None) -> tuple[Tensor, Tensor]:
+    """SAIL + structure: SigLIP's sigmoid loss with in-batch graph neighbours as extra positives (label +1 on the
+    diagonal and on every pair the symmetric `edge_index` links, -1 elsewhere), split in two sums, each divided by
+    B as in sigmoid_loss: (pairs: the diagonal and every unlinked pair, neighbours: the linked pairs). Their sum is
+    the relabelled loss; a weight on `neighbours` sets how hard neighbours are pulled together without ever pushing
+    them apart. With no edge, `pairs` is sigmoid_loss and `neighbours` 0. Same-product copies are left out of both
+    (sigmoid_loss's 'mask'); `rows` as in sigmoid_loss."""
+    img, txt = img.float(), txt.float()
+    if rows is None:
+        rows = slice(0, len(img))
+    logits = logit_scale.float() * img[rows] @ txt.T + logit_bias.float()
+    n = len(img)
+    linked = positive_weights(n, edge_index) > 0
+    copies = same_product_mask(node_ids) if node_ids is not None else torch.zeros_like(linked)
+    linked, copies = (linked & ~copies)[rows], copies[rows]
+    labels = torch.eye(n, device=img.device)[rows] * 2 - 1
+    pairs = (-F.logsigmoid(labels * logits)).masked_fill(linked | copies, 0.0).sum() / len(logits)
+    neighbours = (-F.logsigmoid(logits)).masked_fill(~linked, 0.0).sum() / len(logits)
+    return pairs, neighbours

@@ -239,13 +239,33 @@ def mean_per_class_recall(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(torch.stack(recalls).mean())
 
 
+def macro_f1(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Unweighted mean over classes of F1 = 2TP / (2TP + FP + FN), over every class in `target` or `pred`.
+
+    sklearn's `f1_score(average="macro")` with its default labels (a class never predicted, or predicted but
+    absent, scores 0). Beside accuracy because product categories are imbalanced: a classifier that always says
+    the biggest category keeps a fair accuracy and a low macro-F1.
+    """
+    pred, target = torch.as_tensor(pred).long(), torch.as_tensor(target).long()
+    if len(pred) != len(target) or len(target) == 0:
+        raise ValueError(f"need as many predictions as targets (> 0), got {len(pred)} and {len(target)}")
+    scores = []
+    for c in torch.cat([target, pred]).unique():
+        tp = int(((pred == c) & (target == c)).sum())
+        wrong = int((pred == c).sum()) + int((target == c).sum()) - 2 * tp  # FP + FN
+        scores.append(2 * tp / (2 * tp + wrong))
+    return float(np.mean(scores))
+
+
 def classification_summary(logits: torch.Tensor, target: torch.Tensor, prefix: str) -> dict[str, float]:
-    """acc1, acc5 (NaN below 5 classes, as in CLIP_benchmark) and mean per-class recall."""
+    """acc1, acc5 (NaN below 5 classes, as in CLIP_benchmark), mean per-class recall and macro-F1."""
     n_classes = logits.shape[1]
+    pred = logits.argmax(dim=1)
     return {
         f"{prefix}_acc1": topk_accuracy(logits, target, 1),
         f"{prefix}_acc5": topk_accuracy(logits, target, 5) if n_classes >= 5 else math.nan,
-        f"{prefix}_mean_per_class_recall": mean_per_class_recall(logits.argmax(dim=1), target),
+        f"{prefix}_mean_per_class_recall": mean_per_class_recall(pred, target),
+        f"{prefix}_macro_f1": macro_f1(pred, target),
     }
 
 
@@ -347,7 +367,8 @@ def fewshot_metrics(train_emb: torch.Tensor, train_labels: torch.Tensor, test_em
     Classes with fewer than k remaining examples use all they have, never duplicates, and are counted in
     `{prefix}_{k}_short_classes`; a class with no train example still has an output, so its test rows
     count as errors rather than vanishing. Rows labelled -1 are skipped on both sides. With an empty
-    validation split the middle weight decay is used. Also reports the chosen `{prefix}_{k}_weight_decay`.
+    validation split the middle weight decay is used. Also reports the chosen `{prefix}_{k}_weight_decay` and the
+    probe's `{prefix}_{k}_macro_f1` on the test rows.
     """
     _require_finite(train_emb=train_emb, test_emb=test_emb)
     train_labels = torch.as_tensor(train_labels, dtype=torch.long)
@@ -383,7 +404,9 @@ def _probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, shots: torch.T
             best = (val_acc, wd, probe)
     _, best_wd, probe = best
     with torch.no_grad():
-        return {f"{prefix}_acc1": topk_accuracy(probe(x_test), y_test, 1), f"{prefix}_weight_decay": best_wd}
+        logits = probe(x_test)
+    return {f"{prefix}_acc1": topk_accuracy(logits, y_test, 1),
+            f"{prefix}_macro_f1": macro_f1(logits.argmax(dim=1), y_test), f"{prefix}_weight_decay": best_wd}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +461,7 @@ def link_prediction_metrics(emb: torch.Tensor, held_out: torch.Tensor, known_edg
 
     `held_out` is [2, E] node indices into `emb`; with `both_directions` each undirected edge is a
     query from either end. Rank = 1 + number of valid negatives scoring >= the positive (ties count
-    against the model). Reports MRR, hits@1, hits@10, the number of queries and how many queries got
+    against the model). Reports MRR, hits@1, hits@3, hits@10, the number of queries and how many queries got
     fewer than `n_negatives` valid negatives.
     """
     if held_out.ndim != 2 or held_out.shape[0] != 2 or held_out.shape[1] == 0:
@@ -464,6 +487,7 @@ def link_prediction_metrics(emb: torch.Tensor, held_out: torch.Tensor, known_edg
     return {
         f"{prefix}_mrr": float((1.0 / ranks_f).mean()),
         f"{prefix}_hits@1": float((ranks <= 1).double().mean()),
+        f"{prefix}_hits@3": float((ranks <= 3).double().mean()),
         f"{prefix}_hits@10": float((ranks <= 10).double().mean()),
         f"{prefix}_n_queries": len(queries),
         f"{prefix}_short_negatives": int((valid.sum(dim=1) < n_negatives).sum()),

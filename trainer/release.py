@@ -7,6 +7,11 @@ cannot read (another MAJOR version: the columns changed meaning); every table is
 file, column or class id is a `ReleaseError` (a TrainSetupError: the CLIs print it and exit 2), never a guess.
 `read_edges` also reads a bare edges file (`slip-train --shards PATTERN --graph FILE`, no release).
 
+The fixed link-prediction split (`lp_split.parquet`, written by `slip-etl release` since its VERSION 2) holds
+val/test edges out: `read_training_edges` (what the trainer's CSR graph is built from) drops them whenever the
+edges file has that split beside it, so no run trains on an edge `slip-eval` scores. `to_pyg()` gives the release
+as a `torch_geometric.data.Data` for graph-ML code.
+
 A release can also be a URL (`Release("https://host/rel")`, any fsspec protocol, see trainer.remote): its small
 files (manifest, sizes, nodes, edges, labels) are copied into a local cache folder on first use and checked against
 the manifest's sha256 (a cached copy that still matches is reused); shards stay remote and are streamed. The shard
@@ -40,6 +45,8 @@ EDGES = "edges.parquet"
 LABELS = "labels.json"
 SHARDS = "shards"
 SIZES = "shards/sizes.json"
+LP_SPLIT = "lp_split.parquet"
+LP_COLUMNS = ("split", "src", "dst", "negatives")
 #: the schemas whose data the trainer reads (nodes.parquet, edges.parquet, the shard samples' .json members)
 READS = ("release_nodes", "edges", "shard_sample")
 NODE_COLUMNS = ("node_id", "label", "split", "image_status")
@@ -69,6 +76,40 @@ def read_edges(path: Path, kinds: Optional[Sequence[str]] = None) -> pa.Table:
             raise ReleaseError(f"edge kinds {sorted(unknown)} not in {path} (present: {sorted(present)})")
         table = table.filter(pc.is_in(table.column("kind"), value_set=pc.cast(list(kinds), "string")))
     return table
+
+
+def held_out_pairs(lp_split: Optional[pa.Table]) -> np.ndarray:
+    """[H, 2] int64 (lo, hi) node pairs of a link-prediction split (every split's rows); empty for None."""
+    if lp_split is None or lp_split.num_rows == 0:
+        return np.empty((0, 2), np.int64)
+    src = lp_split.column("src").to_numpy(zero_copy_only=False).astype(np.int64)
+    dst = lp_split.column("dst").to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.unique(np.stack([np.minimum(src, dst), np.maximum(src, dst)], axis=1), axis=0)
+
+
+def drop_pairs(edges: pa.Table, pairs: np.ndarray) -> pa.Table:
+    """`edges` without the rows joining a (lo, hi) pair of `pairs`, whatever their kind or orientation."""
+    if len(pairs) == 0 or edges.num_rows == 0:
+        return edges
+    src = edges.column("src").to_numpy(zero_copy_only=False).astype(np.int64)
+    dst = edges.column("dst").to_numpy(zero_copy_only=False).astype(np.int64)
+    top = int(max(src.max(), dst.max(), pairs.max())) + 1
+    keys = np.minimum(src, dst) * top + np.maximum(src, dst)
+    return edges.filter(pa.array(~np.isin(keys, pairs[:, 0] * top + pairs[:, 1])))
+
+
+def read_lp_split(path: Path) -> pa.Table:
+    """An lp_split.parquet file (split, src, dst, negatives; n_hard when present)."""
+    _require_columns(path, LP_COLUMNS)
+    return pq.read_table(path)
+
+
+def read_training_edges(path: Path, kinds: Optional[Sequence[str]] = None) -> pa.Table:
+    """`read_edges` minus the held-out link-prediction pairs of an `lp_split.parquet` beside the edges file (a
+    release's edges.parquet, or a copy of a release's folder given as --graph): the graph a run may train on."""
+    edges = read_edges(path, kinds)
+    split = Path(path).with_name(LP_SPLIT)
+    return drop_pairs(edges, held_out_pairs(read_lp_split(split))) if split.is_file() else edges
 
 
 class Release:
@@ -217,11 +258,36 @@ class Release:
     def graph_file(self, method: str) -> Path:
         """edges.parquet for a method that trains on the product graph; its absence names the release and the
         ways out (a release built without edges can still train the CLIP baseline)."""
-        present = EDGES in self.manifest.get("files", {}) if self.url is not None else (self.path / EDGES).is_file()
-        if not present:
+        if not self._has(EDGES):
             raise ReleaseFileMissing(f"release {self} has no {EDGES}: --method {method} trains on the "
                                      f"product graph and needs it (use --method clip, or give --graph FILE)")
+        self.lp_split()  # checked (schema version, columns) and, for a URL, cached beside the edges file
         return self._file(EDGES)
+
+    def lp_split(self, split: Optional[str] = None) -> Optional[pa.Table]:
+        """The fixed link-prediction split (lp_split.parquet: split, src, dst, negatives, n_hard), only `split`'s
+        rows when given; None for a release built before it existed (evaluation then samples its own)."""
+        if not self._has(LP_SPLIT):
+            return None
+        problems = schemas.check_schema_versions(self.manifest.get("schema_versions"), ["lp_split"])
+        if problems:
+            raise ReleaseError(f"{self._where(MANIFEST)}: {'; '.join(problems)}; this trainer cannot read its "
+                               f"{LP_SPLIT}")
+        table = read_lp_split(self._file(LP_SPLIT))
+        if split is not None:
+            table = table.filter(pc.equal(table.column("split"), split))
+        return table
+
+    def held_out_pairs(self) -> np.ndarray:
+        """[H, 2] (lo, hi) pairs of every held-out link-prediction edge (val and test): never in a training graph."""
+        return held_out_pairs(self.lp_split())
+
+    def to_pyg(self, bank: Optional[str] = None, kinds: Optional[Sequence[str]] = None,
+               include_held_out: bool = False, x: str = "both") -> Any:
+        """The release as one `torch_geometric.data.Data` (see trainer.pyg_export for every attribute)."""
+        from trainer.pyg_export import release_to_pyg
+
+        return release_to_pyg(self, bank=bank, kinds=kinds, include_held_out=include_held_out, x=x)
 
     def edges(self, kinds: Optional[Sequence[str]] = None) -> pa.Table:
         """edges.parquet (src, dst, weight, kind; stored once per pair), only `kinds` when given."""
@@ -256,6 +322,9 @@ class Release:
         return [by_id[i] for i in range(len(classes))]
 
     # ---- files ---------------------------------------------------------------------------------------------
+    def _has(self, rel: str) -> bool:
+        return rel in self.manifest.get("files", {}) if self.url is not None else (self.path / rel).is_file()
+
     def _file(self, rel: str) -> Path:
         if self.url is not None:
             return self._fetch(rel)

@@ -4,10 +4,16 @@ RUN layout:
     config.json              resolved TrainConfig
     open_clip_config.json    {"model_cfg", "preprocess_cfg"} (open_clip's local-dir format: the run is
                              self-contained even when --model was a JSON path that no longer exists)
-    log.jsonl                one line per logged step
-    tb/                      TensorBoard events
+    log.jsonl                one line per logged step (--val-every: the val_* keys on that step's line, or a line
+                             of their own when the step is not a log step)
+    tb/                      TensorBoard events (--report-to tensorboard: train/*, val/*, skipped/*)
+    wandb.json               --report-to wandb: the W&B run id a resumed run continues
     checkpoints/step-NNNNNNNN.pt
+    checkpoints/best.pt      --val-every: the step best by --best-metric (a full checkpoint; no rotation)
     open_clip_state_dict.pt  plain open_clip state dict (encoders + logit scale, no GATs)
+    bank_ref.json            bank-trained runs (SAIL) instead of open_clip_config.json: the bank trained on (path,
+                             bank.json's sha256, dims, encoders); slip-eval finds it again through it
+    alignment_state_dict.pt  bank-trained runs instead of the open_clip export: the alignment layers' state dict
     summary.json             final figures ("status": "done", or "failed" with the "error")
 
 A run folder is read as untrusted input: its files are opened only as regular files inside it (no symlinks out,
@@ -39,6 +45,7 @@ OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "summary.json"
 TB_DIR = "tb"
+BANK_REF_FILE = "bank_ref.json"
 
 
 @dataclass
@@ -51,6 +58,7 @@ class LoadedRun:
     run_dir: Path
     step: int
     checkpoint: Path
+    bank: Any = None  # trainer.bank.Bank of a bank-trained run (SAIL; preprocess and tokenizer are then None)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -64,6 +72,18 @@ def write_run_config(run_dir: Path, cfg: TrainConfig, model_name: str, model: Co
     atomic_write_json(Path(run_dir) / OPEN_CLIP_CONFIG_FILE, {
         "model_name": model_name, "model_cfg": model_config_of(model_name),
         "preprocess_cfg": dict(model.clip.visual.preprocess_cfg)})
+
+
+def write_bank_run_config(run_dir: Path, cfg: TrainConfig, bank: Any) -> None:
+    """config.json + bank_ref.json at the start of a bank-trained run (no open_clip config: it has no towers)."""
+    from schemas.bank import MANIFEST, sha256_file
+
+    atomic_write_json(Path(run_dir) / CONFIG_FILE, cfg.model_dump(mode="json"))
+    atomic_write_json(Path(run_dir) / BANK_REF_FILE, {
+        "path": str(Path(bank.path).resolve()), "name": Path(bank.path).name,
+        "manifest_sha256": sha256_file(Path(bank.path) / MANIFEST), "image_dim": bank.image_dim,
+        "text_dim": bank.text_dim, "image_encoder": bank.manifest.get("image_encoder"),
+        "text_encoder": bank.manifest.get("text_encoder")})
 
 
 def run_file(run_dir: Path, rel: str) -> Path:
@@ -81,16 +101,22 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     return config_class()(**json.loads(path.read_text()))  # a plug-in registered after import reads too
 
 
-def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "cpu") -> LoadedRun:
+def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "cpu", release: Any = None) -> LoadedRun:
     """Model (eval mode) + val preprocess + tokenizer of a finished or running run.
 
-    `checkpoint`: 'latest', a step number ('100') or a checkpoint path. The architecture comes from the run's own
-    open_clip_config.json, so no download and no original config path is needed.
+    `checkpoint`: 'latest', 'best' (--val-every's pick), a step number ('100') or a checkpoint path. The
+    architecture comes from the run's own open_clip_config.json, so no download and no original config path is
+    needed. A bank-trained run (SAIL) comes with its bank opened for `release` (a trainer.release.Release;
+    default: the run's own --release) instead.
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     ckpt_path = resolve_checkpoint(run_dir, checkpoint)
     state = _load_for_eval(run_dir, ckpt_path, checkpoint, device)  # before the model: a bad file fails at once
+    from trainer.methods import get_method
+
+    if get_method(cfg.method).trains_on_bank:
+        return _load_bank_run(run_dir, cfg, ckpt_path, state, device, release)
     run_file(run_dir, OPEN_CLIP_CONFIG_FILE)  # open_clip reads it by name from the folder
     model_name = f"local-dir:{run_dir.resolve()}"
     model = build_model(cfg, device=device, load_pretrained=False, model_name=model_name)
@@ -99,6 +125,45 @@ def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "cpu") -> 
     _, preprocess = image_transforms(model)
     return LoadedRun(model=model, preprocess=preprocess, tokenizer=tokenizer_for(model_name), config=cfg,
                      method=cfg.method, run_dir=run_dir, step=int(state["step"]), checkpoint=ckpt_path)
+
+
+def _load_bank_run(run_dir: Path, cfg: TrainConfig, ckpt_path: Path, state: dict[str, Any], device: str,
+                   release: Any) -> LoadedRun:
+    """A SAIL run: its bank (found again, checked against `release` and against the bank it trained on), then the
+    alignment layers on top of it."""
+    from schemas.bank import MANIFEST, sha256_file
+    from trainer.bank import BankError, load_bank
+    from trainer.bank_model import BankModel
+    from trainer.release import Release
+
+    ref_path = run_file(run_dir, BANK_REF_FILE)
+    if not ref_path.is_file():
+        raise TrainSetupError(f"run folder {run_dir}: {BANK_REF_FILE} missing (a {cfg.method} run records its bank)")
+    ref = json.loads(ref_path.read_text())
+    release = release if release is not None else Release(cfg.release)
+    path = _find_bank(cfg, ref, release)
+    bank = load_bank(path, release)
+    if sha256_file(path / MANIFEST) != ref.get("manifest_sha256"):
+        raise BankError(f"bank {path} is not the bank run {run_dir} was trained on (its {MANIFEST} differs from "
+                        f"the one recorded in {BANK_REF_FILE}); evaluate with the release that bank belongs to")
+    model = BankModel(cfg, bank.image_dim, bank.text_dim).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedRun(model=model, preprocess=None, tokenizer=None, config=cfg, method=cfg.method, run_dir=run_dir,
+                     step=int(state["step"]), checkpoint=ckpt_path, bank=bank)
+
+
+def _find_bank(cfg: TrainConfig, ref: dict[str, Any], release: Any) -> Path:
+    """The run's bank for evaluating on `release`: attached to it (REL/embeddings/NAME), else where it was."""
+    names = dict.fromkeys(n for n in (cfg.bank, ref.get("name")) if n and "/" not in n and "\\" not in n)
+    tried: list[Path] = []
+    for candidate in [Path(release.path) / "embeddings" / n for n in names] + [Path(p) for p in (
+            ref.get("path"), cfg.bank) if p]:
+        if candidate.is_dir():
+            return candidate
+        tried.append(candidate)
+    raise TrainSetupError(f"the bank run {cfg.method} was trained on is not found (tried "
+                          f"{', '.join(map(str, tried))}); attach it to the release as REL/embeddings/NAME")
 
 
 def _load_for_eval(run_dir: Path, path: Path, which: str, device: str) -> dict[str, Any]:

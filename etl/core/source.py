@@ -33,7 +33,7 @@ def open_source(cfg: PipelineConfig, opts: RunOptions) -> Iterator[RunOptions]:
     from etl.sample import serve_directory
 
     catalog = ensure_sample_catalog(cfg, opts)
-    with serve_directory(catalog) as base_url:
+    with serve_directory(catalog, renditions=True) as base_url:  # sized renditions, like the CDN
         host = urlparse(base_url).hostname or "127.0.0.1"
         log.info("sample source served at %s for this build", base_url)
         yield dataclasses.replace(

@@ -42,17 +42,32 @@ def chunk_paths(chunks_dir: Path) -> list[Path]:
 
 def read_latest(chunks_dir: Path) -> pl.DataFrame:
     """The latest row per node over all chunks (image_status columns, no `jpeg`), in node_id order."""
-    names = schemas.arrow_schema("image_status").names
+    schema = schemas.arrow_schema("image_status")
     frames = []
     for path in chunk_paths(chunks_dir):
         try:
-            frames.append(pl.from_arrow(read_parquet_columns(path, names)))
+            frames.append(pl.from_arrow(_status_columns(path, schema)))
         except (OSError, pa.ArrowException) as exc:
             raise StageError(f"image chunk {path} is unreadable ({exc}); delete it to refetch its images, or "
                              f"delete work/images/ to start the images stage over") from None
     if not frames:
         return pl.from_arrow(schemas.arrow_schema("image_status").empty_table())
     return pl.concat(frames).unique(subset="node_id", keep="last", maintain_order=True).sort("node_id")
+
+
+ADDED_COLUMNS = frozenset({"rendition"})  # image_status v2: chunks written before it lack these (read as null)
+
+
+def _status_columns(path: Path, schema: pa.Schema) -> pa.Table:
+    """The image_status columns of one chunk; a column added since the chunk was written is null there."""
+    import pyarrow.parquet as pq
+
+    present = set(pq.read_schema(path).names)
+    missing = [name for name in schema.names if name not in present and name in ADDED_COLUMNS]
+    table = read_parquet_columns(path, [name for name in schema.names if name not in missing])
+    for name in missing:
+        table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
 
 
 def iter_ok_chunks(chunks_dir: Path) -> Iterator[tuple[np.ndarray, pa.Array]]:

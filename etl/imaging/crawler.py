@@ -12,12 +12,19 @@ How network and CPU work overlap (so both cores stay busy on a 2-core machine):
 - All requests go through one httpx client on `etl.net.transport` (keep-alive HTTP/1.1 on asyncio protocols), whose
   per-request cost does not grow with the number of connections.
 
+Renditions: a job may list several URLs of one image (`CrawlJob.renditions`, smallest covering first: see
+`etl.imaging.renditions`). The crawler downloads the first; when its decoded shorter side is below `shorter_side`
+it moves on to the next (counted as `rendition_fallbacks`), and the result row names the rendition it kept. Any
+other outcome (an HTTP error, a broken body) ends the job with that outcome, as for a single URL, except after a
+too-small image: then that smaller image is kept (it is still usable, only below `shorter_side`).
+
 Every await is bounded: a request attempt has httpx's connect/read timeouts *and* a total deadline (connect +
 read timeout) against slow-drip servers; backoff sleeps are capped by `backoff_max_s` (Retry-After included).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import sys
@@ -74,6 +81,7 @@ class CrawlJob:
     asin: str
     url: str | None         # as in the node table (recorded as is; rewrites apply only to the request)
     prior_attempts: int = 0  # attempts made by earlier runs (resume)
+    renditions: tuple[tuple[str, str], ...] = ()  # (name, url) to try in order; empty: `url` alone
 
 
 @dataclass
@@ -86,6 +94,7 @@ class CrawlResult:
     status: str
     attempts: int
     fetched_at: str
+    rendition: str | None = None
     http_status: int | None = None
     error: str | None = None
     bytes: int | None = None
@@ -152,6 +161,8 @@ class CrawlStats:
     fetch_s: Reservoir = field(default_factory=lambda: Reservoir(TIMING_SAMPLES))
     process_s: Reservoir = field(default_factory=lambda: Reservoir(TIMING_SAMPLES))
     worker_restarts: int = 0
+    rendition_fallbacks: int = 0
+    renditions: Counter = field(default_factory=Counter)  # rendition of each ok result
     elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -163,7 +174,8 @@ class CrawlStats:
             "images_per_s": round(rate, 2),
             "ok_per_s": round(self.status["ok"] / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0,
             "fetch_s": percentiles(self.fetch_s.values), "process_s": percentiles(self.process_s.values),
-            "worker_restarts": self.worker_restarts,
+            "worker_restarts": self.worker_restarts, "rendition_fallbacks": self.rendition_fallbacks,
+            "renditions": dict(sorted(self.renditions.items())),
         }
 
 
@@ -273,23 +285,47 @@ class Crawler:
                 self.on_progress(result)
 
     async def _one(self, job: CrawlJob, client: httpx.AsyncClient, workers: ImageWorkers) -> CrawlResult:
-        def row(status: str, attempts: int, **kw: Any) -> CrawlResult:
-            return CrawlResult(node_id=job.node_id, asin=job.asin, url=job.url, status=status,
-                               attempts=job.prior_attempts + attempts,
-                               fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **kw)
+        candidates = job.renditions or ((None, job.url),)
+        if not candidates[0][1] or not candidates[0][1].strip():
+            return self._row(job, None, job.url, "no_url", 0, error="the node has no image URL")
+        attempts, kept = 0, None
+        for index, (rendition, listed) in enumerate(candidates):
+            result = await self._fetch(job, rendition, listed, attempts, client, workers)
+            attempts = result.attempts - job.prior_attempts
+            if result.status != "ok":
+                if kept is not None:  # a larger rendition failed: the smaller image is still a usable one
+                    result = dataclasses.replace(kept, attempts=result.attempts)
+                break
+            kept = result
+            if index == len(candidates) - 1 or min(result.width or 0, result.height or 0) >= self.settings.shorter_side:
+                break
+            self.stats.rendition_fallbacks += 1  # too small for shorter_side: the next, larger rendition
+        if result.status == "ok":
+            self.stats.renditions[result.rendition or "image_url"] += 1
+        return result
 
-        if not job.url or not job.url.strip():
-            return row("no_url", 0, error="the node has no image URL")
-        url = rewrite_url(job.url.strip(), self.rewrites)
+    def _row(self, job: CrawlJob, rendition: str | None, url: str | None, status: str, attempts: int,
+             **kw: Any) -> CrawlResult:
+        return CrawlResult(node_id=job.node_id, asin=job.asin, url=url, rendition=rendition, status=status,
+                           attempts=job.prior_attempts + attempts,
+                           fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **kw)
+
+    async def _fetch(self, job: CrawlJob, rendition: str | None, listed: str, attempts: int,
+                     client: httpx.AsyncClient, workers: ImageWorkers) -> CrawlResult:
+        """Download and process one URL of the job (with retries); `attempts` made for the job so far."""
+        def row(status: str, attempts: int, **kw: Any) -> CrawlResult:
+            return self._row(job, rendition, listed, status, attempts, **kw)
+
+        url = rewrite_url(listed.strip(), self.rewrites)
         host = urlsplit(url).hostname or ""
-        attempts = 0
+        first = attempts
         while True:
             attempts += 1
             outcome = await self._attempt(client, url, host)
-            if not outcome.retriable or attempts > self.settings.retry.retries:
+            if not outcome.retriable or attempts - first > self.settings.retry.retries:
                 break
             self.stats.retries += 1
-            delay = self.settings.retry.delay(attempts, outcome.retry_after)
+            delay = self.settings.retry.delay(attempts - first, outcome.retry_after)
             if outcome.retry_after is not None:
                 self._throttle.pause(host, delay)  # the host asked everyone to wait, not just this request
             await asyncio.sleep(delay)

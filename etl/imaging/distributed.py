@@ -142,6 +142,8 @@ def merge_stats(parts: Sequence[CrawlStats], elapsed_s: float) -> CrawlStats:
         total.jpeg_bytes += part.jpeg_bytes
         total.status.update(part.status)
         total.worker_restarts += part.worker_restarts
+        total.rendition_fallbacks += part.rendition_fallbacks
+        total.renditions.update(part.renditions)
         for value in part.fetch_s.values:
             total.fetch_s.append(value)
         for value in part.process_s.values:

@@ -25,6 +25,14 @@ TAGS = ["webdataset", "multimodal", "product-graph", "co-purchase", "amazon-revi
 SIZE_BOUNDS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 PLOTS = {"degree": "plots/degree_distribution.png", "classes": "plots/class_histogram.png"}
+LP_SPLIT = "lp_split.parquet"
+#: the release's split names as Hugging Face names its splits (the card's `configs:` use these)
+HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+def split_nodes_file(split: str) -> str:
+    """Where the nodes of one split are written for `datasets.load_dataset(release, "nodes")`."""
+    return f"splits/nodes-{HF_SPLITS[split]}.parquet"
 
 
 def size_category(n: int) -> str:
@@ -35,21 +43,51 @@ def size_category(n: int) -> str:
     return "n>1B"
 
 
-def front_matter(pretty_name: str, license: str, n_nodes: int) -> dict[str, Any]:
+def front_matter(pretty_name: str, license: str, stats: dict[str, Any]) -> dict[str, Any]:
     return {
         "pretty_name": pretty_name,
         "license": license,
         "task_categories": TASK_CATEGORIES,
         "tags": TAGS,
-        "size_categories": [size_category(n_nodes)],
-        "configs": [{"config_name": name, "data_files": f"{name}.parquet"} for name in ("nodes", "edges",
-                                                                                        "reviews")],
+        "size_categories": [size_category(stats["nodes"])],
+        "configs": hf_configs(stats),
     }
+
+
+def hf_configs(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The card's `configs:` for `datasets.load_dataset(RELEASE, NAME)`: `nodes` split into train/validation/test
+    (one file per split with rows: a pattern that matches no file is an error in `datasets`); `edges`, `reviews`
+    and `lp_split` as single tables (`datasets` names that split "train"; lp_split's `split` column says val or
+    test). The shards are not here: `datasets` picks one builder for all of a folder's configs (from the first
+    config's files), so the webdataset config lives in shards/README.md (`shard_card`)."""
+    nodes = [{"split": HF_SPLITS[s], "path": split_nodes_file(s)} for s in HF_SPLITS if stats["splits"].get(s)]
+    configs = [{"config_name": "nodes", "data_files": nodes, "default": True},
+               {"config_name": "edges", "data_files": "edges.parquet"},
+               {"config_name": "reviews", "data_files": "reviews.parquet"},
+               {"config_name": "lp_split", "data_files": LP_SPLIT}]
+    return [c for c in configs if c["data_files"]]
+
+
+SHARD_CARD = "shards/README.md"
+
+
+def shard_card(pretty_name: str, license: str, stats: dict[str, Any]) -> str:
+    """shards/README.md: the card that makes the shards folder a `webdataset` dataset with train/validation/test
+    splits (`datasets.load_dataset("RELEASE/shards")`); only splits that have samples are listed."""
+    files = [{"split": HF_SPLITS[s], "path": f"{s}-*.tar"} for s in HF_SPLITS
+             if stats["shards"].get(s, {}).get("samples")]
+    meta = {"pretty_name": f"{pretty_name} shards", "license": license, "tags": TAGS,
+            "configs": [{"config_name": "default", "data_files": files}]}
+    counts = ", ".join(f"{HF_SPLITS[s]} {stats['shards'].get(s, {}).get('samples', 0)}" for s in HF_SPLITS)
+    return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n# {pretty_name}: shards\n\n"
+            f"WebDataset shards of the release one folder up (see its README.md); samples per split: {counts}. "
+            f"Each sample: `jpg` (image), `txt` (caption), `json` (node_id, asin, label, label_name, split, "
+            f"cluster). `datasets.load_dataset(\"RELEASE/shards\")` reads them with the `webdataset` builder.\n")
 
 
 def render_card(*, name: str, version: str, license: str, license_note: str, stats: dict[str, Any]) -> str:
     """README.md text: YAML front matter (yaml.safe_dump, so it always parses) + readable statistics."""
-    meta = yaml.safe_dump(front_matter(f"{name} {version}", license, stats["nodes"]), sort_keys=False,
+    meta = yaml.safe_dump(front_matter(f"{name} {version}", license, stats), sort_keys=False,
                           allow_unicode=True)
     splits = stats["splits"]
     lines = [
@@ -68,9 +106,13 @@ def render_card(*, name: str, version: str, license: str, license_note: str, sta
             ["`nodes.parquet`", "kept products + `label`, `label_name`, `split`, `image_status`"],
             ["`edges.parquet`", "undirected edges `src < dst`, `weight`, `kind`"],
             ["`reviews.parquet`", "up to K cleaned reviews per product (`rank` 0 = first chosen)"],
+            [f"`{LP_SPLIT}`", "fixed link-prediction split: held-out val/test edges `src`→`dst` with fixed "
+                              "`negatives` per query (kept out of the trainer's graph)"],
+            ["`splits/nodes-{train,validation,test}.parquet`", "`nodes.parquet` by split (Hugging Face splits)"],
             ["`labels.json`", "class ids and names, the label level and the rule that chose it"],
             ["`shards/{split}-NNNNNN.tar`", "WebDataset: `<key>.jpg`, `<key>.txt` (caption), `<key>.json`"],
             ["`shards/sizes.json`", "samples per shard (read by open_clip)"],
+            [f"`{SHARD_CARD}`", "the shards' own card: a `webdataset` dataset with train/validation/test splits"],
             ["`stats.json`", "every figure below, machine-readable"],
             ["`manifest.json`", "bytes + sha256 of every file, schema versions, provenance, full config"],
         ]),
@@ -82,7 +124,16 @@ def render_card(*, name: str, version: str, license: str, license_note: str, sta
         'nodes = pl.read_parquet("nodes.parquet"); edges = pl.read_parquet("edges.parquet")',
         'train = wds.WebDataset("shards/train-{000000..%06d}.tar").decode("pil").to_tuple("jpg", "txt", "json")'
         % max(stats["shards"].get("train", {}).get("shards", 1) - 1, 0),
+        "",
+        "import datasets  # configs (front matter): nodes (train/validation/test), edges, reviews, lp_split",
+        'nodes = datasets.load_dataset("RELEASE_FOLDER", "nodes")',
+        'shards = datasets.load_dataset("RELEASE_FOLDER/shards")  # webdataset, train/validation/test (its own card)',
+        "",
+        "from trainer.release import Release  # SLIP-kit: a torch_geometric Data (edge_type, masks, y, node_id)",
+        'data = Release("RELEASE_FOLDER").to_pyg()  # to_pyg(bank="NAME"): x = an attached embedding bank',
         "```",
+        "",
+        f"Link prediction: `{LP_SPLIT}` holds {lp_sentence(stats)}",
         "",
         "Check a downloaded copy with `slip-etl validate FOLDER` (hashes, schemas, shards, referential integrity).",
         "",
@@ -185,6 +236,20 @@ def list_banks_in_card(root: Path) -> bool:
     manifest["files"]["README.md"] = {**entry, "bytes": size, "sha256": digest}
     atomic.write_json(manifest_path, manifest)
     return True
+
+
+def lp_sentence(stats: dict[str, Any]) -> str:
+    """The card's one sentence on the fixed link-prediction split."""
+    lp = stats.get("lp_split") or {}
+    edges = lp.get("edges", {})
+    hard = f", {lp.get('hard_fraction', 0):g} of them from the query's class" if lp.get("hard_fraction") else ""
+    short = (f"; {lp['short_rows']} row(s) have fewer: the graph has too few non-neighbours of their query"
+             if lp.get("short_rows") else "")
+    return (f"{edges.get('val', 0)} val and {edges.get('test', 0)} test held-out edges (one per query node of the "
+            f"split with another neighbour left), each with {lp.get('negatives')} fixed negatives (seed "
+            f"{lp.get('seed')}{hard}; never the query or its neighbours{short}). Rank `dst` against `negatives` for "
+            f"query `src` (MRR, Hits@k; `slip-eval` does). These pairs are not in the trainer's graph; they are in "
+            f"`edges.parquet`: drop them before training anything else on the graph.")
 
 
 def format_reasons(reasons: dict[str, int] | None) -> str:

@@ -9,11 +9,15 @@ every shard is a complete tar whose samples have exactly a jpg, txt and json mem
 that PIL opens and verifies and that ends with its end-of-image marker (a full decode of every image would take
 far longer than everything else); sizes.json matches the tars; referential integrity (edge endpoints
 and review products are nodes, every node with image_status ok is in exactly one shard of its own split, no key
-twice, labels.json names the node table's classes); embedding banks attached as `embeddings/NAME/` are signed
-by their own bank.json instead of the manifest and checked against it and the release's nodes (schemas/bank.py).
-The result is a list of readable problem lines, empty when
-the release is valid; each kind of problem is listed at most MAX_PER_KIND times, then counted, so a badly broken
-release stays readable.
+twice, labels.json names the node table's classes); the fixed link-prediction split `lp_split.parquet` (required
+from release stage VERSION 2 on, per the manifest's provenance: its schema, each query in its row's split, each
+held-out pair an edge, negatives distinct nodes that are neither the query nor its neighbours);
+`splits/nodes-*.parquet` hold exactly their split's rows of nodes.parquet, and every file pattern of the cards'
+`configs:` matches a file;
+embedding banks attached as `embeddings/NAME/` are signed by their own bank.json instead of the manifest and
+checked against it and the release's nodes (schemas/bank.py). The result is a list of readable problem lines,
+empty when the release is valid; each kind of problem is listed at most MAX_PER_KIND times, then counted, so a
+badly broken release stays readable.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from PIL import Image
@@ -45,6 +50,12 @@ TABLES = {"nodes.parquet": "release_nodes", "edges.parquet": "edges", "reviews.p
 SHARD_NAME = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
 MEMBERS = ("jpg", "txt", "json")
 CARD = "README.md"
+SHARD_CARD = "shards/README.md"  # the shards' own card (a webdataset config; etl/release/card.py says why)
+LP_SPLIT = "lp_split.parquet"
+LP_SPLITS = ("val", "test")
+LP_SPLIT_SINCE = 2  # the release stage's VERSION that first wrote lp_split.parquet
+SPLIT_NODES = re.compile(r"^splits/nodes-(train|validation|test)\.parquet$")
+HF_TO_SPLIT = {"train": "train", "validation": "val", "test": "test"}
 
 
 class _Problems:
@@ -79,7 +90,9 @@ def validate_release(path: Path) -> list[str]:
     banks = bank_contract.attached_banks(root)
     _check_files(root, manifest["files"], problems, _bank_owned(root, banks))
     _check_identity(root, manifest, problems)
-    for line in schemas.check_schema_versions(manifest.get("schema_versions"), [*TABLES.values(), "shard_sample"]):
+    has_lp = _safe_file(root, LP_SPLIT) is not None
+    read = [*TABLES.values(), "shard_sample", *(["lp_split"] if has_lp else [])]
+    for line in schemas.check_schema_versions(manifest.get("schema_versions"), read):
         problems.add("schema_version", f"manifest.json: {line}")
     tables = {name: _read_table(_safe_file(root, name), schema, problems) for name, schema in TABLES.items()}
     nodes = tables["nodes.parquet"]
@@ -87,6 +100,10 @@ def validate_release(path: Path) -> list[str]:
         _check_edges(tables["edges.parquet"], nodes, problems)
         _check_reviews(tables["reviews.parquet"], nodes, problems)
         _check_labels(root, nodes, problems)
+        _check_lp_split(root, manifest, nodes, tables["edges.parquet"], problems)
+        _check_split_nodes(root, nodes, problems)
+    for card in (CARD, SHARD_CARD):
+        _check_card_configs(root, card, problems)
     samples = _check_shards(root, problems)
     if nodes is not None and samples is not None:
         _check_shard_coverage(nodes, samples, problems)
@@ -283,6 +300,121 @@ def _check_edges(edges: pa.Table | None, nodes: pa.Table, problems: _Problems) -
     if not_ordered:
         problems.add("edge_order", f"edges.parquet: {not_ordered} edge(s) without src < dst (self loops or "
                                    f"reversed)")
+
+
+def _pair_keys(a: np.ndarray, b: np.ndarray, top: int) -> np.ndarray:
+    return np.minimum(a, b).astype(np.int64) * top + np.maximum(a, b).astype(np.int64)
+
+
+def _check_lp_split(root: Path, manifest: dict[str, Any], nodes: pa.Table, edges: pa.Table | None,
+                    problems: _Problems) -> None:
+    """lp_split.parquet against the node and edge tables (rule: etl/graph/lpsplit.py)."""
+    path = _safe_file(root, LP_SPLIT)
+    if path is None:
+        if _release_stage_version(manifest) >= LP_SPLIT_SINCE and not os.path.lexists(root / LP_SPLIT):
+            problems.add("missing", f"{LP_SPLIT}: missing (the release stage writes it since its version "
+                                    f"{LP_SPLIT_SINCE})")
+        return
+    table = _read_table(path, "lp_split", problems)
+    if table is None or edges is None:
+        return
+    split_of = dict(zip(nodes.column("node_id").to_pylist(), nodes.column("split").to_pylist()))
+    ids = _node_ids(nodes)
+    src = table.column("src").to_numpy(zero_copy_only=False)
+    dst = table.column("dst").to_numpy(zero_copy_only=False)
+    splits = table.column("split").to_pylist()
+    e_src = edges.column("src").to_numpy(zero_copy_only=False)
+    e_dst = edges.column("dst").to_numpy(zero_copy_only=False)
+    top = int(max(ids.max(initial=0), e_src.max(initial=0), e_dst.max(initial=0),
+                  src.max(initial=0), dst.max(initial=0))) + 1
+    edge_keys = np.unique(_pair_keys(e_src, e_dst, top))
+    for i in np.flatnonzero(~np.isin(_pair_keys(src, dst, top), edge_keys) | (src == dst)):
+        problems.add("lp_split", f"{LP_SPLIT}: row {i}: held-out pair ({int(src[i])}, {int(dst[i])}) is not an edge "
+                                 f"of edges.parquet")
+    for i, (split, u) in enumerate(zip(splits, src.tolist())):
+        if split not in LP_SPLITS:
+            problems.add("lp_split", f"{LP_SPLIT}: row {i}: split {split!r} is not one of {', '.join(LP_SPLITS)}")
+        elif split_of.get(u) != split:
+            problems.add("lp_split", f"{LP_SPLIT}: row {i}: query {u} is in split {split_of.get(u)!r}, the row says "
+                                     f"{split!r}")
+    for end, values in (("dst", dst), ("src", src)):
+        for v in np.unique(values[~np.isin(values, ids)])[:MAX_PER_KIND]:
+            problems.add("dangling", f"{LP_SPLIT}: {end} {int(v)} is not a node")
+    negatives = table.column("negatives")
+    lengths = pc.list_value_length(negatives).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(negatives).to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    query = src[owner]
+    bad = (flat == query) | np.isin(_pair_keys(query, flat, max(top, int(flat.max(initial=0)) + 1)),
+                                    _pair_keys(e_src, e_dst, max(top, int(flat.max(initial=0)) + 1)))
+    for i in np.unique(owner[bad]):
+        problems.add("lp_split", f"{LP_SPLIT}: row {i}: a negative of query {int(src[i])} is the query or one of its "
+                                 f"neighbours")
+    for v in np.unique(flat[~np.isin(flat, ids)])[:MAX_PER_KIND]:
+        problems.add("dangling", f"{LP_SPLIT}: negative {int(v)} is not a node")
+    if len(flat):
+        per_row = np.unique(owner * (int(flat.max()) + 1) + flat).size
+        if per_row != len(flat):
+            problems.add("lp_split", f"{LP_SPLIT}: {len(flat) - per_row} negative(s) repeated within their row")
+    over = np.flatnonzero(table.column("n_hard").to_numpy(zero_copy_only=False) > lengths)
+    for i in over:
+        problems.add("lp_split", f"{LP_SPLIT}: row {i}: n_hard exceeds the number of negatives")
+
+
+def _release_stage_version(manifest: dict[str, Any]) -> int:
+    """The VERSION of the release stage that wrote the folder (provenance.stage_versions), 0 when not recorded."""
+    provenance = manifest.get("provenance")
+    versions = provenance.get("stage_versions") if isinstance(provenance, dict) else None
+    version = versions.get("release") if isinstance(versions, dict) else None
+    return int(version) if isinstance(version, (str, int)) and str(version).isdigit() else 0
+
+
+def _check_split_nodes(root: Path, nodes: pa.Table, problems: _Problems) -> None:
+    """Each splits/nodes-<hf split>.parquet holds exactly its split's node ids, in node order."""
+    folder = root / "splits"
+    if not _is_real_dir(root, "splits"):
+        return
+    split = np.asarray(nodes.column("split").to_pylist(), dtype=object)
+    for path in sorted(folder.glob("*.parquet")):
+        rel = f"splits/{path.name}"
+        match = SPLIT_NODES.match(rel)
+        if match is None or _safe_file(root, rel) is None:
+            continue  # an unsafe path is reported by the walk; another name is just a file the manifest lists
+        table = _read_table(path, "release_nodes", problems)
+        if table is None:
+            continue
+        want = _node_ids(nodes)[split == HF_TO_SPLIT[match.group(1)]]
+        got = _node_ids(table)
+        if not np.array_equal(np.sort(want), got):
+            problems.add("split_nodes", f"{rel}: holds {len(got)} node(s), nodes.parquet has {len(want)} in split "
+                                        f"{HF_TO_SPLIT[match.group(1)]!r} (not the same ids, or not in node order)")
+
+
+def _check_card_configs(root: Path, rel: str, problems: _Problems) -> None:
+    """Every path or pattern in a card's `configs:` matches at least one file beside or below the card (`datasets`
+    refuses one that does not, so a config the card advertises would not load)."""
+    card = _safe_file(root, rel)
+    if card is None:
+        return
+    text = card.read_text(encoding="utf-8", errors="replace")
+    end = text.find("\n---", 4)
+    try:
+        front = yaml.safe_load(text[4:end]) if text.startswith("---\n") and end > 0 else None
+    except yaml.YAMLError:
+        front = None
+    configs = front.get("configs") if isinstance(front, dict) else None
+    for config in configs if isinstance(configs, list) else []:
+        if not isinstance(config, dict):
+            continue
+        files = config.get("data_files")
+        entries = [files] if isinstance(files, str) else files if isinstance(files, list) else []
+        for entry in entries:
+            pattern = entry.get("path") if isinstance(entry, dict) else entry
+            for one in [pattern] if isinstance(pattern, str) else pattern if isinstance(pattern, list) else []:
+                if not isinstance(one, str) or ".." in one.split("/") or one.startswith("/") or \
+                        not any(_safe_file(root, p.relative_to(root).as_posix()) for p in card.parent.glob(one)):
+                    problems.add("card", f"{rel}: config {config.get('config_name')!r}: {one!r} matches no file "
+                                         f"of the release")
 
 
 def _check_reviews(reviews: pa.Table | None, nodes: pa.Table, problems: _Problems) -> None:

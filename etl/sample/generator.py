@@ -47,7 +47,7 @@ Defects (``defects.py``; count = max(2, round(rate × n)); per-product kinds hit
 | meta 2023 | odd_price ("$1,299.99", "12.99 - 24.99", ...) | 1 % |
 | meta 2023 | long_field (title or description of 20-60 KB) | 0.3 % |
 | meta 2023 | non_http_image_url (ftp://, data:, file://, relative) | 0.5 % |
-| images | missing_image (404) / corrupt_image (not a JPEG), on the MAIN image's preferred file | 1 % each |
+| images | missing_image (404) / corrupt_image (not a JPEG), every rendition of the MAIN image | 1 % each |
 | reviews | truncated_json 0.1 %, empty_user_id 0.5 %, duplicate_line 1 %, unknown_product 0.5 % | |
 | meta 2018 | truncated_json 0.4 %, duplicate_id 1 %, empty_title 0.5 %, html 4 %, | |
 | | placeholder_price ("") 10 %, odd_price 1 %, dangling_also_buy 10 % (also_buy names absent ASINs) | |
@@ -88,7 +88,7 @@ from etl.sample.records import (
 from etl.sample.reviews import make_reviews, rating_summary
 from etl.sample.taxonomy import LEAVES, category_tree, complements, taxonomy_for
 
-SAMPLE_GENERATOR_VERSION = "1.0.0"
+SAMPLE_GENERATOR_VERSION = "1.1.0"  # 1.1: a broken MAIN image is broken in every rendition
 MIN_PRODUCTS = 50  # one product per leaf, and room for every defect kind
 TRUTH_FILE = "sample_truth.json"
 RAW_PATHS = {
@@ -230,15 +230,18 @@ def _write_images(dest: Path, products: list[Product], plan: dict[int, str], noi
     for position, product in enumerate(products):
         for image in product.images:
             written: dict[bytes, Path] = {}
-            for size, data in variants(renderer.render(image.look), image.has_hi_res).items():
-                kind = broken.get(position) if image.variant == "MAIN" and size == image.best_size else None
+            kind = broken.get(position) if image.variant == "MAIN" else None
+            sizes = variants(renderer.render(image.look), image.has_hi_res)
+            if kind is not None:  # gone (or broken) in every rendition, so whichever one a consumer picks fails
+                subtype = kind_subtype(position)
+                item = {"asin": product.asin, "url": image.url(image.best_size), "path": image.path(image.best_size),
+                        "urls": [image.url(size) for size in sizes]}
+                truth[kind]["items"].append(item if kind == "missing_image" else {**item, "subtype": subtype})
+            for size, data in sizes.items():
                 if kind is not None:
-                    subtype = sorted(_CORRUPT_BODIES)[position % len(_CORRUPT_BODIES)]
-                    item = {"asin": product.asin, "url": image.url(size), "path": image.path(size)}
-                    truth[kind]["items"].append(item if kind == "missing_image" else {**item, "subtype": subtype})
                     if kind == "missing_image":
                         continue
-                    data = _CORRUPT_BODIES[subtype]
+                    data = _CORRUPT_BODIES[kind_subtype(position)]
                 _write_or_link(dest / image.path(size), data, written.get(data))
                 written[data] = dest / image.path(size)
                 n_files += 1
@@ -246,6 +249,11 @@ def _write_images(dest: Path, products: list[Product], plan: dict[int, str], noi
     for entry in truth.values():
         entry["count"] = len(entry["items"])
     return truth, {"image_files": n_files, "image_bytes": n_bytes}
+
+
+def kind_subtype(position: int) -> str:
+    """The corrupt-body kind of the product at `position` (one per product, the same in every rendition)."""
+    return sorted(_CORRUPT_BODIES)[position % len(_CORRUPT_BODIES)]
 
 
 def _write_or_link(path: Path, data: bytes, same_bytes_at: Path | None) -> None:

@@ -3,14 +3,22 @@
 It serves files only (GET, HEAD), with single-range requests (the fetch stage resumes downloads), keep-alive
 (the image crawler reuses connections), no directory listings and no way out of the root. It lives for one
 ``with`` block and closes its open connections on exit, so no thread outlives it.
+
+With ``renditions=True`` it behaves like Amazon's image CDN for size modifiers: ``<id>._AC_SL1500_.jpg`` is the
+stored file resized so its longest side is 1500 (SX: width, SY: height, SS/US: a square side, UL like SL), up or
+down, re-encoded as a quality-90 JPEG; a name without a size modifier, a file already that size, or bytes that do
+not decode (the sample's corrupt images) are served as stored. Renditions are made once per file and kept in memory
+(``RENDITION_CACHE_BYTES``), as a CDN keeps them; Range requests get the whole rendition.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +36,43 @@ CONTENT_TYPES = {
 CHUNK = 64 * 1024
 IDLE_TIMEOUT_S = 30  # an idle keep-alive connection is closed after this long
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RENDITION_CACHE_BYTES = 512 * 1024 * 1024
+RENDITION_QUALITY = 90  # the sample generator's JPEG quality
+_MODIFIERS = re.compile(r"\._([A-Za-z0-9_,]+)_\.jpe?g$", re.IGNORECASE)
+_SIZE_TOKEN = re.compile(r"^(SL|UL|SX|UX|SY|UY|SS|US)(\d+)$")
+
+
+def rendition_size(name: str, width: int, height: int) -> tuple[int, int] | None:
+    """The (width, height) the size modifier in file `name` asks of a `width` x `height` image, or None."""
+    match = _MODIFIERS.search(name)
+    tokens = [m.groups() for token in match.group(1).split("_") if (m := _SIZE_TOKEN.match(token))] if match else []
+    if not tokens:
+        return None
+    kind, value = tokens[-1][0], int(tokens[-1][1])
+    if kind in ("SX", "UX"):
+        scale = value / width
+    elif kind in ("SY", "UY"):
+        scale = value / height
+    else:  # SL, UL, SS, US: the longest side
+        scale = value / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def render_rendition(data: bytes, name: str) -> bytes | None:
+    """`data` resized as the modifier in `name` asks, or None when it needs no resize or does not decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size = rendition_size(name, *image.size)
+            if size is None or size == image.size:
+                return None
+            resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    out = io.BytesIO()
+    resized.save(out, "JPEG", quality=RENDITION_QUALITY)
+    return out.getvalue()
 
 
 class _Server(ThreadingHTTPServer):
@@ -39,12 +84,36 @@ class _Server(ThreadingHTTPServer):
     # and retried after 1 s, 3 s, ... (the stalls would be the server's, not the client's).
     request_queue_size = socket.SOMAXCONN
 
-    def __init__(self, address: tuple[str, int], root: Path, family: socket.AddressFamily) -> None:
+    def __init__(self, address: tuple[str, int], root: Path, family: socket.AddressFamily,
+                 renditions: bool = False) -> None:
         self.address_family = family
         self.root = root
+        self.renditions = renditions
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[Path, int], bytes | None] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def rendition(self, path: Path) -> bytes | None:
+        """The resized rendition the file name asks for (cached), or None to serve the file as stored."""
+        if not self.renditions or not _MODIFIERS.search(path.name):
+            return None
+        key = (path, path.stat().st_mtime_ns)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        data = render_rendition(path.read_bytes(), path.name)  # outside the lock: other requests go on
+        with self._cache_lock:
+            if key not in self._cache:
+                self._cache[key] = data
+                self._cache_bytes += len(data or b"")
+            while self._cache_bytes > RENDITION_CACHE_BYTES and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= len(old or b"")
+        return data
 
     def process_request(self, request, client_address) -> None:
         with self._lock:
@@ -91,6 +160,16 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._resolve()
         if path is None:
             self._reply_status(HTTPStatus.NOT_FOUND, send_body)
+            return
+        rendition = self.server.rendition(path)
+        if rendition is not None:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(rendition)))
+            self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(rendition)
             return
         size = path.stat().st_size
         byte_range = _parse_range(self.headers.get("Range"), size)
@@ -172,16 +251,17 @@ def _copy(source, sink, length: int) -> None:
 
 
 @contextlib.contextmanager
-def serve_directory(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
+def serve_directory(root: Path, host: str = "127.0.0.1", renditions: bool = False) -> Iterator[str]:
     """Serve ``root`` over HTTP on a free port of ``host`` for the ``with`` block; yields the base URL.
 
     The base URL ends with "/" (``http://127.0.0.1:PORT/``); a file's URL is the base + its relative path.
+    ``renditions``: resize JPEGs as their names' CDN size modifiers ask (the module docstring).
     """
     root = Path(root).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"cannot serve {root}: not a folder")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = _Server((host, 0), root, family)
+    server = _Server((host, 0), root, family, renditions)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name=f"sample-server-{server.server_address[1]}", daemon=True)
     thread.start()

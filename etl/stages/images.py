@@ -7,6 +7,11 @@ keeps every node whose latest status is final and fetches only the rest (never f
 status). At the end `status.parquet` holds the resolved latest row per node (without the JPEG). The crawl itself
 is `etl.imaging.crawler`.
 
+Which URL: the node table's renditions of the image (`image_url_thumb/_large/_hi_res`), the smallest that covers
+`images.shorter_side` first, larger ones when the downloaded image turns out too small (`images.rendition`,
+etl/imaging/renditions.py); `status.rendition` names the one kept and `url` is its URL. A node table without
+renditions fetches `image_url`, as before; `rendition: largest` fetches the same URL, now named.
+
 A finished stage is skipped by the framework; `slip-etl images --force` runs it again over the kept chunks, so
 only nodes still missing or failed with a retriable status (after `images.retries`) are requested again. To start
 over, delete `work/images/`. `attempts` counts across runs.
@@ -25,10 +30,11 @@ from etl.core import executor as executors
 from etl.core.stage import Counts, StageContext, StageError, StageResult
 from etl.imaging.chunks import ChunkWriter, chunk_paths, read_latest
 from etl.imaging.crawler import Crawler, CrawlJob, CrawlResult, CrawlSettings
+from etl.imaging.renditions import RENDITIONS, Policy, plan
 from etl.net.http import is_retriable, user_agent
 from slipio import atomic
 
-VERSION = "2"  # 2: OpenCV resize/encode changed the JPEG bytes
+VERSION = "3"  # 2: OpenCV resize/encode changed the JPEG bytes; 3: renditions (status.rendition, url = the one used)
 
 CHUNK_DIR = "chunks"
 FINAL_STATUSES = frozenset({"ok", "not_image", "too_large", "decode_error", "blocked_url", "no_url",
@@ -44,9 +50,13 @@ def is_final(status: str, http_status: int | None) -> bool:
     return status in FINAL_STATUSES
 
 
+RENDITION_COLUMNS = tuple(f"image_url_{name}" for name in RENDITIONS)
+
+
 def kept_nodes(ctx: StageContext) -> pl.DataFrame:
-    """node_id, asin, image_url of every node the graph filters kept."""
-    nodes = pl.read_parquet(ctx.input("nodes", "nodes"), columns=["node_id", "asin", "image_url"])
+    """node_id, asin, image_url and its renditions' URLs of every node the graph filters kept."""
+    nodes = pl.read_parquet(ctx.input("nodes", "nodes"), columns=["node_id", "asin", "image_url",
+                                                                  *RENDITION_COLUMNS])
     node_filter = pl.read_parquet(ctx.input("edges", "node_filter"), columns=["node_id", "kept"])
     kept_ids = node_filter.filter(pl.col("kept"))
     joined = kept_ids.join(nodes, on="node_id", how="left")
@@ -54,11 +64,12 @@ def kept_nodes(ctx: StageContext) -> pl.DataFrame:
     if missing:
         raise StageError(f"node_filter keeps {missing} node_id(s) that are not in the node table; "
                          f"rerun the edges stage (slip-etl edges --force)")
-    return joined.select("node_id", "asin", "image_url").sort("node_id")
+    return joined.select("node_id", "asin", "image_url", *RENDITION_COLUMNS).sort("node_id")
 
 
-def plan_jobs(nodes: pl.DataFrame, previous: pl.DataFrame) -> tuple[list[CrawlJob], int]:
-    """Jobs for the nodes without a final result; and how many nodes are already done."""
+def plan_jobs(nodes: pl.DataFrame, previous: pl.DataFrame, shorter_side: int = 256,
+              policy: Policy = "smallest_covering") -> tuple[list[CrawlJob], int]:
+    """Jobs for the nodes without a final result (with the renditions to try); and how many nodes are already done."""
     done: set[int] = set()
     prior: dict[int, int] = {}
     for node_id, status, http_status, attempts in previous.select(
@@ -67,8 +78,12 @@ def plan_jobs(nodes: pl.DataFrame, previous: pl.DataFrame) -> tuple[list[CrawlJo
             done.add(node_id)
         else:
             prior[node_id] = attempts
-    jobs = [CrawlJob(node_id, asin, url, prior.get(node_id, 0))
-            for node_id, asin, url in nodes.iter_rows() if node_id not in done]
+    columns = [c for c in RENDITION_COLUMNS if c in nodes.columns]
+    jobs = []
+    for node_id, asin, url, *urls in nodes.select("node_id", "asin", "image_url", *columns).iter_rows():
+        if node_id not in done:
+            tries = plan(dict(zip(RENDITIONS, urls)), shorter_side, policy)  # () without renditions: image_url
+            jobs.append(CrawlJob(node_id, asin, url, prior.get(node_id, 0), tries))
     return jobs, nodes.height - len(jobs)
 
 
@@ -77,7 +92,7 @@ def run(ctx: StageContext) -> StageResult:
     chunks_dir = ctx.out_dir / CHUNK_DIR
     chunks_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temps(chunks_dir)
-    jobs, resumed = plan_jobs(nodes, read_latest(chunks_dir))
+    jobs, resumed = plan_jobs(nodes, read_latest(chunks_dir), ctx.cfg.images.shorter_side, ctx.cfg.images.rendition)
     if resumed:
         ctx.log.info("images: %d of %d nodes already have a final result; fetching %d", resumed, nodes.height,
                      len(jobs))
@@ -93,12 +108,15 @@ def run(ctx: StageContext) -> StageResult:
     atomic.write_parquet(status_path, schemas.conform(status.to_arrow(), "image_status"))
 
     counts = Counter(status["status"].to_list())
+    renditions = Counter(r or "image_url" for r, s in zip(status["rendition"].to_list(), status["status"].to_list())
+                         if s == "ok")  # image_url: a node table without renditions
     http_hist = Counter(str(c) for c in status["http_status"].to_list() if c is not None)
     ok = counts.pop("ok", 0)
     stats: dict[str, Any] = {
         "status_counts": dict(sorted({**counts, "ok": ok}.items())),
         "http_status": dict(sorted(http_hist.items())),
         "success_rate": round(ok / nodes.height, 4) if nodes.height else 0.0,
+        "renditions": dict(sorted(renditions.items())),
         "chunks": len(chunk_paths(chunks_dir)),
         "resumed_final": resumed,
         "this_run": crawl,

@@ -20,7 +20,9 @@ capped by the `nodes.*` limits; list items that clean to "" are dropped; empty s
 price: numbers and "$1,299.99" parse; a range "$5.99 - $12.99" -> its lower bound (the price the listing
 shows as "from"); "None", "", null and anything else -> null. image_url: 2023 `images` with the MAIN variant
 first, then in list order, each offering hi_res > large > thumb; 2018 every imageURLHighRes, then imageURL;
-the first http(s) URL without whitespace or control characters wins.
+the first http(s) URL without whitespace or control characters wins. image_url_thumb / _large / _hi_res: every
+usable URL of that same image (2023), or the first usable imageURL (thumb) and imageURLHighRes (hi_res) for 2018;
+the images stage picks the rendition to download from them (etl/imaging/renditions.py).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from etl.parse import jsonl, text
 from etl.parse.ids import ASIN_PATTERN
 from slipio import atomic
 
-VERSION = "1"
+VERSION = "2"  # 2: image_url_thumb / image_url_large / image_url_hi_res (the renditions of image_url's image)
 
 URL_PATTERN = r"^(?i)https?://[^\s\p{Cc}/?#]+[^\s\p{Cc}]*$"  # no whitespace or control characters (NUL)
 REASONS = (*jsonl.BAD_LINE_REASONS, "bad_id", "duplicate_id", "no_title", "no_image_url")
@@ -88,6 +90,9 @@ def _valid_url(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr.str.contains(URL_PATTERN)).then(expr)
 
 
+RENDITION_COLUMNS = {"thumb": "image_url_thumb", "large": "image_url_large", "hi_res": "image_url_hi_res"}
+
+
 def _image_url_2023() -> pl.Expr:
     """MAIN variant first, then list order; per image hi_res > large > thumb; the first http(s) URL.
 
@@ -100,9 +105,29 @@ def _image_url_2023() -> pl.Expr:
     return pl.coalesce(main.list.first(), first.list.first())
 
 
-def _image_url_2018() -> pl.Expr:
+def _image_urls_2023() -> list[pl.Expr]:
+    """image_url and every usable rendition URL of the image it comes from (chosen by the same rule)."""
+    image = pl.element().struct
+    usable = pl.coalesce(*(_valid_url(image.field(f).str.strip_chars()) for f in ("hi_res", "large", "thumb")))
+    main = pl.col("images").list.eval(pl.element().filter(usable.is_not_null()
+                                                          & (image.field("variant") == "MAIN")).first())
+    first = pl.col("images").list.eval(pl.element().filter(usable.is_not_null()).first())
+    chosen = pl.coalesce(main.list.first(), first.list.first()).struct
+    return [_image_url_2023().alias("image_url"),
+            *(_valid_url(chosen.field(name).str.strip_chars()).alias(column)
+              for name, column in RENDITION_COLUMNS.items())]
+
+
+def _first_url(column: str) -> pl.Expr:
+    return pl.col(column).fill_null([]).list.eval(_valid_url(pl.element().str.strip_chars()).drop_nulls()).list.first()
+
+
+def _image_urls_2018() -> list[pl.Expr]:
     candidates = pl.concat_list(pl.col("imageURLHighRes").fill_null([]), pl.col("imageURL").fill_null([]))
-    return candidates.list.eval(_valid_url(pl.element().str.strip_chars()).drop_nulls()).list.first()
+    return [candidates.list.eval(_valid_url(pl.element().str.strip_chars()).drop_nulls()).list.first()
+            .alias("image_url"), _first_url("imageURL").alias(RENDITION_COLUMNS["thumb"]),
+            pl.lit(None, dtype=pl.String).alias(RENDITION_COLUMNS["large"]),
+            _first_url("imageURLHighRes").alias(RENDITION_COLUMNS["hi_res"])]
 
 
 def normalise_fields(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
@@ -114,7 +139,7 @@ def normalise_fields(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
             pl.col("parent_asin").alias("asin"), "title", pl.col("features").fill_null([]),
             pl.col("description").fill_null([]).list.join(" ").alias("description"),
             "store", "main_category", pl.col("categories").fill_null([]).alias("category_path"), "price",
-            pl.col("average_rating").fill_nan(None), "rating_number", _image_url_2023().alias("image_url"),
+            pl.col("average_rating").fill_nan(None), "rating_number", *_image_urls_2023(),
             empty.alias("also_buy"), empty.alias("also_view"),
         )
     return df.select(
@@ -124,7 +149,7 @@ def normalise_fields(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
         pl.col("brand").alias("store"), pl.col("main_cat").alias("main_category"),
         pl.col("category").fill_null([]).alias("category_path"), "price",
         pl.lit(None, dtype=pl.Float64).alias("average_rating"), pl.lit(None, dtype=pl.Int64).alias("rating_number"),
-        _image_url_2018().alias("image_url"),
+        *_image_urls_2018(),
         pl.col("also_buy").fill_null([]).list.eval(pl.element().str.strip_chars()).list.drop_nulls(),
         pl.col("also_view").fill_null([]).list.eval(pl.element().str.strip_chars()).list.drop_nulls(),
     )
@@ -219,6 +244,7 @@ class NodeBuilder:
             "average_rating": kept["average_rating"],
             "rating_number": kept["rating_number"],
             "image_url": kept["image_url"].str.strip_chars(),
+            **{column: kept[column] for column in RENDITION_COLUMNS.values()},
             "also_buy": kept["also_buy"],
             "also_view": kept["also_view"],
         }).with_columns(pl.col("store", "main_category").replace("", None))

@@ -36,6 +36,7 @@ from etl.core.stage import (
     StageResult,
 )
 from etl.graph.filters import distinct_pairs
+from etl.graph.lpsplit import build_lp_split
 from etl.release import card
 from etl.release.shardformat import PLAN_TABLE, SIZES_FILE
 from etl.release.validate import validate_release
@@ -43,7 +44,7 @@ from slipio import atomic
 from slipio.hashing import file_sha256
 from slipio.paths import UnsafePath, resolve_inside
 
-VERSION = "1"
+VERSION = "2"  # 2: lp_split.parquet (fixed LP split), splits/nodes-*.parquet and shards/README.md (HF configs)
 
 MISSING_STATUS = "missing"  # a kept node the images stage left without a result
 UNUSABLE_STATUS = "unusable"  # status ok, but the shards stage found no usable JPEG (see its record)
@@ -66,6 +67,7 @@ def run(ctx: StageContext) -> StageResult:
         name = cfg.name.format(category=ctx.opts.category)
         atomic.write_text(tmp / "README.md", card.render_card(name=name, version=cfg.version, license=cfg.license,
                                                               license_note=cfg.license_note, stats=stats))
+        atomic.write_text(tmp / card.SHARD_CARD, card.shard_card(f"{name} {cfg.version}", cfg.license, stats))
         write_manifest(tmp, build_manifest(ctx, tmp, name, fingerprint))
         problems = validate_release(tmp)
         if problems:
@@ -129,7 +131,31 @@ def _write_contents(ctx: StageContext, dest: Path) -> pl.DataFrame:
     labels = ctx.input("labels", "labels")
     _check_copy(labels, copy_hashed(labels, dest / "labels.json"), ctx.recorded("labels", "labels"), "labels")
     _copy_shards(ctx, dest / "shards")
+    _write_lp_split(ctx, dest, nodes)
+    write_split_nodes(dest, nodes)
     return nodes
+
+
+def _write_lp_split(ctx: StageContext, dest: Path, nodes: pl.DataFrame) -> None:
+    """lp_split.parquet from the release's own nodes and edges (rule and seed: etl/graph/lpsplit.py)."""
+    cfg = ctx.cfg.release
+    edges = pq.read_table(dest / "edges.parquet", columns=["src", "dst"])
+    table = build_lp_split(nodes["node_id"].to_numpy(), nodes["split"].to_numpy(), nodes["label"].to_numpy(),
+                           nodes["image_status"].to_numpy(), edges.column("src").to_numpy(),
+                           edges.column("dst").to_numpy(), negatives=cfg.lp_negatives,
+                           hard_fraction=cfg.lp_hard_fraction, seed=cfg.lp_seed)
+    atomic.write_parquet(dest / card.LP_SPLIT, table)
+
+
+def write_split_nodes(dest: Path, nodes: pl.DataFrame) -> None:
+    """nodes.parquet's rows once more, one file per split that has nodes (a Hugging Face split is a set of files;
+    `datasets` cannot filter one file's rows into splits)."""
+    for split in card.HF_SPLITS:
+        part = nodes.filter(pl.col("split") == split)
+        if part.height:
+            path = dest / card.split_nodes_file(split)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_parquet(path, schemas.conform(part.to_arrow(), "release_nodes"))
 
 
 def _copy_shards(ctx: StageContext, dest: Path) -> None:
@@ -238,6 +264,7 @@ def build_stats(ctx: StageContext, folder: Path, nodes: pl.DataFrame) -> dict[st
     reviews = pq.read_table(folder / "reviews.parquet", columns=["node_id"])
     labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
     sizes = json.loads((folder / "shards" / SIZES_FILE).read_text(encoding="utf-8"))
+    lp = pq.read_table(folder / card.LP_SPLIT, columns=["split", "negatives", "n_hard"])
     stages = {name: {"counts": rec.get("counts"), "duration_s": rec.get("duration_s"), "stats": rec.get("stats")}
               for name, rec in ctx.upstream.items()}
     status_counts = Counter(nodes["image_status"].to_list())
@@ -265,6 +292,12 @@ def build_stats(ctx: StageContext, folder: Path, nodes: pl.DataFrame) -> dict[st
                     "unlabeled": label_counts.get(-1, 0)},
         "splits": dict(sorted(Counter(nodes["split"].to_list()).items())),
         "shards": shard_splits,
+        "lp_split": {"edges": dict(sorted(Counter(lp.column("split").to_pylist()).items())),
+                     "negatives": ctx.cfg.release.lp_negatives, "hard_fraction": ctx.cfg.release.lp_hard_fraction,
+                     "seed": ctx.cfg.release.lp_seed,
+                     "short_rows": sum(len(n) < ctx.cfg.release.lp_negatives
+                                       for n in lp.column("negatives").to_pylist()),
+                     "hard_negatives": int(np.sum(lp.column("n_hard").to_numpy()))},
         "reviews": {"rows": reviews.num_rows,
                     "products_with_reviews": len(np.unique(reviews.column("node_id").to_numpy()))},
         "stages": stages,

@@ -26,6 +26,7 @@ def write_nodes(path: Path, n: int, also_buy: dict[int, list[str]] | None = None
         "category_path": paths or [["Electronics"] for _ in range(n)], "price": [None] * n,
         "average_rating": [None] * n,
         "rating_number": [None] * n, "image_url": [f"https://img.example/{i}.jpg" for i in range(n)],
+        **dict.fromkeys(("image_url_thumb", "image_url_large", "image_url_hi_res"), [None] * n),
         "also_buy": [also_buy.get(i, []) for i in range(n)], "also_view": [also_view.get(i, []) for i in range(n)],
     }, schema_overrides={"store": pl.String, "main_category": pl.String, "price": pl.Float64,
                          "average_rating": pl.Float64, "rating_number": pl.Int64,

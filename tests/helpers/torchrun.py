@@ -1,7 +1,7 @@
-"""Start a real 2-process torchrun on 127.0.0.1 and never leave its ranks behind.
+"""Start real torchrun launches on 127.0.0.1 and never leave their ranks behind.
 
 `subprocess.run(timeout=...)` kills only torchrun itself: ranks stuck in a collective would outlive the test (and
-the CI job's CPU). The launch gets its own session, and the whole process group is killed when it ends or times out.
+the CI job's CPU). Each launch gets its own session, and its whole process group is killed when it ends or times out.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import subprocess
 import sys
 from typing import Optional
 
+LAUNCHER = [sys.executable, "-m", "torch.distributed.run"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -19,14 +21,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_torchrun(args: list[str], timeout_s: float, env: Optional[dict[str, str]] = None,
-                 nproc: int = 2) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --nproc_per_node N --master-addr 127.0.0.1 --master-port FREE ARGS...`;
-    an AssertionError with the tail of stderr if it is still running after `timeout_s`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(free_port()), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+def launch(launcher_flags: list[str], args: list[str], env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """`python -m torch.distributed.run FLAGS ARGS...` in its own session (stdout/stderr captured)."""
+    return subprocess.Popen([*LAUNCHER, *launcher_flags, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout_s: float) -> subprocess.CompletedProcess:
+    """Wait for a launch; kill its process group afterwards (and raise AssertionError if it ran past timeout_s)."""
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -35,7 +37,14 @@ def run_torchrun(args: list[str], timeout_s: float, env: Optional[dict[str, str]
         raise AssertionError(f"torchrun still running after {timeout_s} s; stderr tail:\n{err[-3000:]}") from None
     finally:
         _kill_group(proc.pid)  # ranks a failed launch left behind
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_torchrun(args: list[str], timeout_s: float, env: Optional[dict[str, str]] = None,
+                 nproc: int = 2) -> subprocess.CompletedProcess:
+    """One node, `nproc` ranks: `--nproc_per_node N --master-addr 127.0.0.1 --master-port FREE ARGS...`."""
+    flags = ["--nproc_per_node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    return finish(launch(flags, args, env), timeout_s)
 
 
 def _kill_group(pgid: int) -> None:

@@ -78,6 +78,7 @@ def make_upstream(tmp_path: Path, n_nodes: int = 120, overrides: tuple[str, ...]
         "category_path": [["Electronics", f"Group {label_of(i)}"] if i % 19 else [] for i in ids],
         "price": [float(i) for i in ids], "average_rating": [4.0] * n_nodes, "rating_number": [i for i in ids],
         "image_url": [f"https://m.media-amazon.com/images/I/{a}.jpg" for a in asins],
+        **dict.fromkeys(("image_url_thumb", "image_url_large", "image_url_hi_res"), [None] * n_nodes),
         "also_buy": [[] for _ in ids], "also_view": [[] for _ in ids],
     })
     quarantine = pa.table({"line_no": pa.array([], pa.int64()), "asin": pa.array([], pa.string()),
@@ -145,7 +146,8 @@ def make_upstream(tmp_path: Path, n_nodes: int = 120, overrides: tuple[str, ...]
 def _image_row(i: int, asin: str, status: str, jpeg: bytes) -> dict:
     ok = status == "ok"
     data = (b"<html>not an image</html>" if i == CORRUPT_NODE else jpeg) if ok else None
-    return {"node_id": i, "asin": asin, "url": f"http://127.0.0.1/images/I/{asin}.jpg", "status": status,
+    return {"node_id": i, "asin": asin, "url": f"http://127.0.0.1/images/I/{asin}.jpg", "rendition": "large",
+            "status": status,
             "http_status": 200 if ok else (404 if status == "http_error" else None),
             "error": None if ok else status, "bytes": len(data) if data else None, "sha256": None,
             "width": 16 if ok else None, "height": 16 if ok else None, "jpeg": data, "attempts": 1,

@@ -63,6 +63,7 @@ class Method:
     refines_embeddings: ClassVar[bool] = False  # has a `graph_refine` (evaluation then also scores refined vectors)
     needs_image_tokens: ClassVar[bool] = False  # forward outputs also carry `image_tokens` (ViT patch tokens, local)
     no_decay: ClassVar[tuple[str, ...]] = ()  # parameter-name markers AdamW must not decay (scales, gains)
+    trains_on_bank: ClassVar[bool] = False  # no towers: trains on a --bank's stored features (trainer/bank_model.py)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -57,6 +57,10 @@ class SLIPOptions(ContrastiveLossOptions):
         0.01, gt=0, description="Lower clamp of the structural temperature (= CLIP's logit-scale cap of 100).")
     struct_intra_modal: bool = Field(
         False, description="Add intra-modal terms (image-image, text-text) to the always-on cross-modal terms.")
+    struct_neighbor_weight: float = Field(
+        1.0, ge=0, description="Weight of each neighbour positive relative to the true pair (weight 1) in the "
+        "cross-modal structural term; 1 (SLIP as published: every positive alike) counts a neighbour's caption as "
+        "correct as the product's own, lower values keep the true pair first (a lever of the regime study).")
     struct_edge_weight: bool = Field(
         False, description="Weigh neighbour positives by edge weight (self pair weight 1); off for the same "
         "reason as gat_edge_weight.")
@@ -112,7 +116,7 @@ class SLIP(CLIP):
         terms["struct"] = structural_loss(
             out["image_refined"], out["text_refined"], ctx.edge_index, out["struct_temperature"],
             intra_modal=cfg.struct_intra_modal, edge_weight=ctx.edge_weight if cfg.struct_edge_weight else None,
-            no_neighbor=cfg.struct_no_neighbor, rows=ctx.rows)
+            no_neighbor=cfg.struct_no_neighbor, rows=ctx.rows, neighbor_weight=cfg.struct_neighbor_weight)
         return terms
 
     def term_weights(self) -> dict[str, float]:
