@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from trainer.config import TrainConfig
 from trainer.methods import Method
+from trainer.methods.base import attach_parts
 from trainer.methods.registry import make_method
 
 
@@ -30,16 +31,7 @@ class BankModel(nn.Module):
         self.embed_dim = int(self.method.embed_dim)
         self.image_dim, self.text_dim = image_dim, text_dim
         parts = self.method.build(self.embed_dim)
-        for name, part in parts.items():
-            if hasattr(self, name):
-                raise TypeError(f"method {cfg.method!r} part {name!r} clashes with a model attribute")
-            if isinstance(part, nn.Parameter):
-                self.register_parameter(name, part)
-            elif isinstance(part, nn.Module):
-                self.add_module(name, part)
-            else:
-                self.register_buffer(name, part)
-        self.method_parts: tuple[str, ...] = tuple(parts)
+        self.method_parts: tuple[str, ...] = attach_parts(self, parts, cfg.method)
 
     @property
     def has_graph(self) -> bool:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from trainer.config import TrainConfig, TrainSetupError
 from trainer.methods import Method
+from trainer.methods.base import attach_parts
 from trainer.methods.registry import make_method
 
 PACKAGE_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -78,16 +79,7 @@ class ContrastiveModel(nn.Module):
         self.embed_dim = embed_dim
         self.method: Method = make_method(cfg, clip)  # the run's method with its enabled add-ons
         parts = self.method.build(embed_dim)
-        for name, part in parts.items():
-            if hasattr(self, name):
-                raise TypeError(f"method {cfg.method!r} part {name!r} clashes with a model attribute")
-            if isinstance(part, nn.Parameter):
-                self.register_parameter(name, part)
-            elif isinstance(part, nn.Module):
-                self.add_module(name, part)
-            else:
-                self.register_buffer(name, part)
-        self.method_parts: tuple[str, ...] = tuple(parts)
+        self.method_parts: tuple[str, ...] = attach_parts(self, parts, cfg.method)
 
     @property
     def has_graph(self) -> bool:

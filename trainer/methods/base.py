@@ -107,3 +107,21 @@ class Method:
     def log_scalars(self, model: Any) -> dict[str, float]:
         """Extra values for log.jsonl / TensorBoard at each logged step (temperatures, fusion weights)."""
         return {}
+
+
+def attach_parts(model: nn.Module, parts: dict[str, nn.Module | Tensor], method: str) -> tuple[str, ...]:
+    """Register a method's parts on `model` under their names (parameters, modules, buffers); returns the names.
+
+    Both model kinds (open_clip towers + parts, bank-trained parts only) attach them alike, so the state-dict keys
+    are the method's own in either."""
+    from torch import nn
+    for name, part in parts.items():
+        if hasattr(model, name):
+            raise TypeError(f"method {method!r} part {name!r} clashes with a model attribute")
+        if isinstance(part, nn.Parameter):
+            model.register_parameter(name, part)
+        elif isinstance(part, nn.Module):
+            model.add_module(name, part)
+        else:
+            model.register_buffer(name, part)
+    return tuple(parts)
