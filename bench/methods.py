@@ -22,10 +22,11 @@ weak, in-domain image encoder; `--image-encoder SPEC` takes any other (e.g. `tim
 `--image-pretrained` a local weights file).
 
 Compute per run (RUN/bench_compute.json): samples/s and train seconds from the run's summary.json (the training loop
-alone), wall seconds of the `slip-train` process (start-up and setup included), its CPU seconds and peak RSS from the
-kernel (`os.wait4`: the high-water mark of the largest process of the run), the peak of the summed RSS of its process
-tree (sampled every 0.1 s, bench/procstats.py), and the parameters trained (`requires_grad` parameters of the model
-the run builds: the whole CLIP plus the method's parts, or SAIL's alignment layers and loss scales).
+alone), wall seconds of the `slip-train` process (start-up and setup included), its CPU seconds (`os.wait4`), the
+peak of the summed RSS of its process tree (sampled every 0.1 s, bench/procstats.py; not ru_maxrss, which on Linux
+carries the forking process's high-water mark into the child), and the parameters trained (`requires_grad`
+parameters of the model the run builds: the whole CLIP plus the method's parts, or SAIL's alignment layers and loss
+scales).
 
 Resumable: a run's folder is OUT/runs/METHOD-sSEED-KEY, KEY a digest of its slip-train flags; a finished run with
 its eval JSON is reused, a killed one resumes from its last checkpoint (`--resume latest`), and other flags give
@@ -67,8 +68,7 @@ METHODS = ("clip", "siglip", "slip", "superclip", "clip-ping", "sail", "slip-sup
            "sail-struct")
 BANK_METHODS = frozenset({"clip-ping", "clip-ping-graph", "sail", "sail-struct"})
 TOWERLESS = frozenset({"sail", "sail-struct"})  # train on the bank alone: budget in samples
-COMPUTE_KEYS = ("samples_per_s", "train_time_s", "wall_s", "cpu_s", "maxrss_mib", "tree_peak_rss_mib",
-                "params_trained")
+COMPUTE_KEYS = ("samples_per_s", "train_time_s", "wall_s", "cpu_s", "tree_peak_rss_mib", "params_trained")
 DEFAULT_MODEL = str(REPO / "trainer" / "model_configs" / "slip-tiny.json")
 
 
@@ -142,8 +142,9 @@ def plan(args: argparse.Namespace, release: Path, bank: Optional[Path]) -> list[
 
 # ---- running ----------------------------------------------------------------------------------------------------
 def measured(cmd: list[str], log: Path) -> dict[str, float]:
-    """Run `cmd` (stderr to `log`); its wall seconds, CPU seconds and peak RSS (kernel high-water mark of its
-    largest process, and the sampled sum over its process tree). Fails loudly with the log's tail."""
+    """Run `cmd` (stderr to `log`); its wall seconds, CPU seconds and peak RSS (the sampled sum over its process
+    tree). Not the kernel's ru_maxrss: Linux carries the forking process's high-water mark into the child across
+    exec, so a child of a big process would report the parent's size. Fails loudly with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as err:
         started = time.perf_counter()
@@ -155,8 +156,7 @@ def measured(cmd: list[str], log: Path) -> dict[str, float]:
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-20:])
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- {log} ---\n{tail}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024,
-            "tree_peak_rss_mib": tree.peak / 2**20}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "tree_peak_rss_mib": tree.peak / 2**20}
 
 
 def params_trained(folder: Path, release: Path) -> int:
@@ -271,8 +271,8 @@ def _mean_std(values: list[float]) -> str:
 def compute_tables(results: list[dict[str, Any]], methods: tuple[str, ...]) -> list[str]:
     """Markdown: per method mean ± std over seeds of each compute figure, then one row per run."""
     names = {"samples_per_s": "samples/s (loop)", "train_time_s": "train s (loop)", "wall_s": "wall s (process)",
-             "cpu_s": "CPU s", "maxrss_mib": "peak RSS MiB (largest process)",
-             "tree_peak_rss_mib": "peak RSS MiB (tree, sampled)", "params_trained": "parameters trained"}
+             "cpu_s": "CPU s", "tree_peak_rss_mib": "peak RSS MiB (tree, sampled)",
+             "params_trained": "parameters trained"}
     lines = ["| method | runs | " + " | ".join(names[k] for k in COMPUTE_KEYS) + " |",
              "| --- | ---: | " + " | ".join("---:" for _ in COMPUTE_KEYS) + " |"]
     for method in methods:
@@ -315,9 +315,10 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], prep: dict[s
              "", "## Compute per run", "", *compute_tables(results, args.methods)]
     if prep:
         lines += ["## Bank preparation (shared by the bank methods, not in their budgets)", "",
-                  "| step | wall s | CPU s | peak RSS MiB (largest process) |", "| --- | ---: | ---: | ---: |"]
+                  "| step | wall s | CPU s | peak RSS MiB (tree, sampled) |", "| --- | ---: | ---: | ---: |"]
         for step, c in prep.items():
-            lines.append(f"| {step} | {_fmt(c.get('wall_s'))} | {_fmt(c.get('cpu_s'))} | {_fmt(c.get('maxrss_mib'))} |")
+            cells = (_fmt(c.get("wall_s")), _fmt(c.get("cpu_s")), _fmt(c.get("tree_peak_rss_mib")))
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
