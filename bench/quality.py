@@ -34,10 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
@@ -86,15 +88,26 @@ def console_script(name: str) -> str:
     return str(path)
 
 
-def run_logged(cmd: list[str], log: Path) -> str:
+def run_logged(cmd: list[str], log: Path, env: Optional[dict[str, str]] = None) -> str:
     """Run a command with stderr to `log`; return stdout; fail loudly with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as err:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     if done.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-20:])
         raise SystemExit(f"command failed ({done.returncode}): {' '.join(cmd)}\n--- {log} ---\n{tail}")
     return done.stdout
+
+
+def thread_env(jobs: int) -> Optional[dict[str, str]]:
+    """The environment of one of `jobs` concurrent runs: the cores split between them (None: inherit as is).
+
+    Small CPU runs scale poorly across intra-op threads, so on a few cores two one-thread runs side by side finish
+    sooner than the same two runs one after the other (bench/README.md has the figures)."""
+    if jobs <= 1:
+        return None
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def build_sample(args: argparse.Namespace, out: Path, sets: list[str], log_name: str) -> Path:
@@ -134,6 +147,13 @@ def run_dir(out: Path, study: Study, method: str, levers: dict[str, str], seed: 
     return out / "runs" / study.regime / name if study.regime else out / "runs" / name
 
 
+def portable(flags: list[str]) -> list[str]:
+    """Flags with paths inside this checkout made relative to it, so a results folder committed from one machine
+    is recognised (and reused) on another."""
+    root = str(REPO) + "/"
+    return [flag.replace(root, "") for flag in flags]
+
+
 def finished(folder: Path, steps: int) -> bool:
     summary = folder / "summary.json"
     return summary.is_file() and json.loads(summary.read_text()).get("steps") == steps
@@ -151,21 +171,22 @@ def train_and_evaluate(args: argparse.Namespace, study: Study, method: str, seed
     flags_file = folder / "bench_flags.json"
     if args.force and folder.exists():
         shutil.rmtree(folder)
-    if flags_file.is_file() and json.loads(flags_file.read_text()) != train_flags:
+    if flags_file.is_file() and json.loads(flags_file.read_text()) != portable(train_flags):
         raise SystemExit(f"{folder} was trained with other flags ({flags_file}); use another --out, or --force "
                          "to retrain it")
     trained = not finished(folder, args.steps)
     if trained:
         folder.mkdir(parents=True, exist_ok=True)
-        flags_file.write_text(json.dumps(train_flags) + "\n")
-        run_logged([console_script("slip-train"), *train_flags, "--out", str(folder)],
-                   args.out / "logs" / f"train-{tag}.log")
+        flags_file.write_text(json.dumps(portable(train_flags)) + "\n")
+        # --resume latest: a study killed mid-run continues that run exactly (fresh when it has no checkpoint)
+        run_logged([console_script("slip-train"), *train_flags, "--out", str(folder), "--resume", "latest"],
+                   args.out / "logs" / f"train-{tag}.log", env=thread_env(args.jobs))
     eval_cmd = [console_script("slip-eval"), str(folder), "--release", str(study.release), "--split", "test",
                 "--json", str(eval_json), "--device", args.eval_device, "--seed", str(seed)]
     if args.max_samples:
         eval_cmd += ["--max-samples", str(args.max_samples)]
     if trained or not eval_json.is_file():  # a reused run keeps its evaluation (delete it to score again)
-        run_logged(eval_cmd, args.out / "logs" / f"eval-{tag}.log")
+        run_logged(eval_cmd, args.out / "logs" / f"eval-{tag}.log", env=thread_env(args.jobs))
     result = json.loads(eval_json.read_text())
     summary = json.loads((folder / "summary.json").read_text())
     result["train_time_s"] = summary.get("train_time_s")
@@ -322,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Accept fewer than 3 seeds (smoke runs only: verdicts need a spread).")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "quality", help="Output folder.")
     parser.add_argument("--force", action="store_true", help="Retrain runs that already finished.")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Runs at a time, the CPU cores split between them (CPU studies; keep 1 on one GPU).")
     return parser
 
 
@@ -334,15 +357,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.levers = parse_levers(args.lever, args.lever_fields)
     args.out.mkdir(parents=True, exist_ok=True)
     studies = prepare_studies(args)
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     started = time.monotonic()
-    for study in studies:
-        results[study.name] = {m: [] for m in METHODS}
-        for seed in args.seeds:
-            for method in METHODS:
-                print(f"[{time.monotonic() - started:7.0f}s] {study.name}: {method} seed {seed}", file=sys.stderr,
-                      flush=True)
-                results[study.name][method].append(train_and_evaluate(args, study, method, seed))
+
+    def one(study: Study, method: str, seed: int) -> dict[str, Any]:
+        print(f"[{time.monotonic() - started:7.0f}s] {study.name}: {method} seed {seed}", file=sys.stderr, flush=True)
+        return train_and_evaluate(args, study, method, seed)
+
+    tasks = [(study, method, seed) for study in studies for seed in args.seeds for method in METHODS]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each task is a subprocess: threads only wait
+        done = list(pool.map(lambda task: one(*task), tasks))
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {study.name: {m: [] for m in METHODS} for study in studies}
+    for (study, method, _seed), result in zip(tasks, done):
+        results[study.name][method].append(result)
     table, summary = report(studies, results, args)
     (args.out / "quality.md").write_text(table)
     (args.out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -4,6 +4,7 @@ the generator accepts."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,12 +55,17 @@ def test_every_regime_is_valid_knobs_and_changes_the_sample() -> None:
         regimes.regime_sets("dense")
 
 
-def test_report_has_a_table_per_regime_and_a_summary_by_verdict() -> None:
+def _quality():
     path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
     spec = importlib.util.spec_from_file_location("bench_quality", path)
     quality = importlib.util.module_from_spec(spec)
     sys.modules["bench_quality"] = quality  # its dataclass looks its module up
     spec.loader.exec_module(quality)
+    return quality
+
+
+def test_report_has_a_table_per_regime_and_a_summary_by_verdict() -> None:
+    quality = _quality()
 
     def runs(r1: list[float]) -> list[dict]:
         return [{"i2t_R@1": v, "graph_i2t_R@1": v, "train_time_s": 1.0} for v in r1]
@@ -73,3 +79,38 @@ def test_report_has_a_table_per_regime_and_a_summary_by_verdict() -> None:
     assert "## default" in text and "## sparse" in text
     assert "| i2t_R@1 | default | – | sparse |" in text  # ahead / level / behind, encoder-only and graph-aware
     assert summary["regimes"]["sparse"]["verdicts"]["slip"]["i2t_R@1"]["verdict"] == "behind"
+
+
+def test_study_runs_two_at_a_time_resumes_a_killed_run_and_reuses_finished_ones(tmp_path: Path) -> None:
+    """A real (tiny) study: --jobs 2 runs CLIP and SLIP side by side; a run cut off after its checkpoint continues
+    from it (--resume latest) instead of failing on the non-empty folder; finished runs are reused as they are."""
+    quality = _quality()
+    out = tmp_path / "study"
+    argv = ["--synthetic", "--steps", "2", "--batch-size", "16", "--workers", "0", "--seeds", "0",
+            "--allow-few-seeds", "--jobs", "2", "--train-arg=--ckpt-every=1", "--out", str(out)]
+    assert quality.main(argv) == 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["clip-s0", "slip-s0"]
+    def scores() -> dict[str, dict[str, float]]:
+        return {name: {key: value for key, value in json.loads((out / "runs" / name / "eval-test.json").read_text())
+                       .items() if key.endswith(("R@1", "R@5", "mean_rank", "acc1"))} for name in runs}
+
+    first = scores()
+    killed = out / "runs" / "slip-s0"  # as if stopped after step 1: summary, evaluation and last checkpoint gone
+    for name in ("summary.json", "eval-test.json"):
+        (killed / name).unlink()
+    checkpoints = sorted((killed / "checkpoints").glob("*.pt"))
+    assert len(checkpoints) >= 2
+    checkpoints[-1].unlink()
+    assert quality.main(argv) == 0
+    assert (killed / "summary.json").is_file()
+    assert scores() == first  # the resumed run ends where the uninterrupted one did
+    study = json.loads((out / "quality.json").read_text())
+    assert study["regimes"]["synthetic"]["per_seed"]["slip"]["i2t_R@1"]
+
+
+def test_portable_flags_drop_the_checkout_path() -> None:
+    quality = _quality()
+    inside = str(quality.REPO / "bench" / "results" / "r" / "release")
+    assert quality.portable(["--release", inside, "--steps", "3"]) == ["--release", "bench/results/r/release",
+                                                                     "--steps", "3"]
