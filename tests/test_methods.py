@@ -38,7 +38,7 @@ class ToyL2(CLIP):
         terms["toy"] = model.toy_head(out["image_emb"].float()).pow(2).mean()
         return terms
 
-    def term_weights(self):
+    def term_weights(self, step=0):
         return {"toy": self.cfg.toy_weight}
 
     def log_scalars(self, model):

@@ -154,7 +154,6 @@ class Trainer:
             from trainer.bank_model import BankModel
             self.model = BankModel(cfg, self.bank.image_dim, self.bank.text_dim).to(self.device)
         self.method = self.model.method
-        self.term_weights = self.method.term_weights()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step, self.samples_seen, consumed = 0, 0, 0
@@ -316,7 +315,7 @@ class Trainer:
                 out = self.forward(images, tokens, edge_index, edge_weight, gather)
             terms = self.method.loss_terms(self.model, out,
                                            BatchContext(node_ids, edge_index, edge_weight, self._tokens(tokens), rows))
-            loss = weighted_sum(terms, self.term_weights)
+            loss = weighted_sum(terms, self.method.term_weights(self.step))
             self.scaler.scale(loss / self.cfg.accum).backward()
         return {**self._checked(loss, terms), "node_ids": batch["node_ids"], **stats}
 
@@ -341,7 +340,7 @@ class Trainer:
             out = self.model.head(leaves, edge_index, edge_weight, gather)
         terms = self.method.loss_terms(self.model, out,
                                        BatchContext(node_ids, edge_index, edge_weight, self._tokens(tokens), rows))
-        loss = weighted_sum(terms, self.term_weights)
+        loss = weighted_sum(terms, self.method.term_weights(self.step))
         record = self._checked(loss, terms)  # before the K re-encodings: a non-finite step stops here
         self.scaler.scale(loss).backward()
         offset = 0

@@ -122,6 +122,14 @@ def positive_weights(num_rows: int, edge_index: Tensor, edge_weight: Optional[Te
     return weights
 
 
+def with_two_hop(weights: Tensor) -> Tensor:
+    """[B, B] neighbour weights plus weight 1 for every 2-hop pair not directly linked (no diagonal)."""
+    linked = (weights > 0).float()
+    two_hop = ((linked @ linked) > 0) & (linked == 0)
+    two_hop.fill_diagonal_(False)
+    return weights + two_hop.float()
+
+
 def _multi_positive_nll(logits: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
     """Per-row  -sum_p w_p log softmax(logits)_p / sum_p w_p  over the selected rows (SupCon 'L_out' form)."""
     log_prob = torch.log_softmax(logits[rows], dim=1)
@@ -133,8 +141,10 @@ def _multi_positive_nll(logits: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
 
 def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: Tensor, intra_modal: bool = False,
                     edge_weight: Optional[Tensor] = None, no_neighbor: str = "self",
-                    rows: Optional[slice] = None, neighbor_weight: float = 1.0) -> Tensor:
+                    rows: Optional[slice] = None, neighbor_weight: float = 1.0, hops: int = 1) -> Tensor:
     """Multi-positive InfoNCE where in-batch graph neighbours are positives.
+
+    `hops=2` adds the in-batch neighbours of neighbours (not already linked) as positives of weight 1.
 
     `neighbor_weight` scales every cross-modal neighbour positive against the true pair (weight 1): 1 counts a
     neighbour's caption as correct as the product's own, 0 leaves plain InfoNCE on the refined embeddings.
@@ -160,6 +170,10 @@ def structural_loss(img: Tensor, txt: Tensor, edge_index: Tensor, temperature: T
     img, txt = img.float(), txt.float()
     num_rows = len(img)
     neighbours = positive_weights(num_rows, edge_index, edge_weight)
+    if hops == 2:
+        neighbours = with_two_hop(neighbours)
+    elif hops != 1:
+        raise ValueError(f"hops must be 1 or 2, got {hops}")
     has_neighbour = (neighbours > 0).any(1)
     mine = torch.zeros_like(has_neighbour)
     mine[rows if rows is not None else slice(None)] = True

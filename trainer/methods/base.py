@@ -97,8 +97,9 @@ class Method:
         """Named scalar loss terms, unweighted; the loop sums them with `term_weights` and logs `loss_<name>`."""
         raise NotImplementedError
 
-    def term_weights(self) -> dict[str, float]:
-        """Weight of each term in the total; a term not named here has weight 1."""
+    def term_weights(self, step: int = 0) -> dict[str, float]:
+        """Weight of each term in the total at optimizer step `step` (0-based; schedules such as SLIP's lambda
+        warm-up read it); a term not named here has weight 1."""
         return {}
 
     def clamp_(self, model: Any) -> None:

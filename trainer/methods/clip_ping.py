@@ -247,8 +247,8 @@ class ClipPing(CLIP):
             memory[1, at] = out["text_emb"].detach()[pick].float()
             getattr(model, SEEN)[at] = True
 
-    def term_weights(self) -> dict[str, float]:
-        return {**super().term_weights(), **self.active_terms()}
+    def term_weights(self, step: int = 0) -> dict[str, float]:
+        return {**super().term_weights(step), **self.active_terms()}
 
     @staticmethod
     def temperature(model: Any) -> Tensor:

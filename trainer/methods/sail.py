@@ -178,8 +178,8 @@ class SAILStruct(SAIL):
                                                    ctx.edge_index, ctx.node_ids, rows=ctx.rows)
         return {"sail": pairs, "sail_struct": neighbours}
 
-    def term_weights(self) -> dict[str, float]:
-        return {**super().term_weights(), "sail_struct": self.cfg.sail_struct_weight}
+    def term_weights(self, step: int = 0) -> dict[str, float]:
+        return {**super().term_weights(step), "sail_struct": self.cfg.sail_struct_weight}
 
     def log_scalars(self, model: Any) -> dict[str, float]:
         scalars = super().log_scalars(model)

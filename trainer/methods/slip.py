@@ -50,6 +50,23 @@ class SLIPOptions(ContrastiveLossOptions):
     # ---- structural loss ----------------------------------------------------------------------------------------
     lambda_struct: float = Field(
         1.0, ge=0, description="Total = CLIP + lambda * structural; 1.0 weighs both objectives equally.")
+    lambda_struct_warmup: int = Field(
+        0, ge=0, description="Steps over which lambda ramps linearly up to lambda_struct (step s weighs "
+        "lambda * min(1, (s + 1) / N)); 0 = full weight from the first step. Lets the instance alignment form before "
+        "neighbours pull captions together.")
+    gat_refiner: bool = Field(
+        True, description="The GAT refiner per modality. Off: the structural loss acts on the encoder embeddings "
+        "themselves and evaluation has no graph-aware rows (structure as a training signal only).")
+    struct_head: bool = Field(
+        False, description="Score the structural loss on a separate projection (LayerNorm -> Linear per modality, "
+        "then L2-normalised) of the embeddings it would see, so neighbours are pulled together in that head's space "
+        "rather than in the retrieval space; the head is used in training only (not exported, not evaluated).")
+    struct_stop_grad: bool = Field(
+        False, description="Detach the encoder embeddings in the structural branch: the structural loss trains only "
+        "the GAT (and head, temperature), the towers learn from the contrastive term alone.")
+    struct_hops: int = Field(
+        1, ge=1, le=2, description="Neighbour positives: in-batch 1-hop neighbours, or also 2-hop ones (neighbours "
+        "of neighbours in the batch graph, each weighted like a 1-hop neighbour of weight 1).")
     struct_temperature_init: float = Field(
         0.07, gt=0, description="Initial structural temperature; 0.07 is CLIP's own initial temperature.")
     struct_temperature_learnable: bool = Field(True, description="Learn the structural temperature (as log 1/T).")
@@ -76,11 +93,17 @@ class SLIP(CLIP):
     description = "CLIP + GATs over in-batch co-purchase neighbours + structural loss"
     Options = SLIPOptions
     needs_graph = True
-    refines_embeddings = True
     no_decay = (*CLIP.no_decay, "struct_log_inv_temperature", "alpha")
+
+    @property
+    def refines_embeddings(self) -> bool:  # type: ignore[override]  # per run: not with --no-gat-refiner
+        return bool(self.cfg.gat_refiner)
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
+        if not cfg.gat_refiner and cfg.struct_stop_grad and not cfg.struct_head:
+            raise ValueError("--struct-stop-grad with --no-gat-refiner leaves the structural loss nothing to train; "
+                             "add --struct-head or keep the GAT")
         if cfg.gat_hidden is not None and cfg.gat_hidden % cfg.gat_heads:
             raise ValueError(f"gat_hidden {cfg.gat_hidden} is not divisible by gat_heads {cfg.gat_heads}")
 
@@ -91,7 +114,12 @@ class SLIP(CLIP):
         from trainer.methods._gat import GraphRefiner
         cfg = self.cfg
         parts = super().build(embed_dim)
-        parts.update(gat_image=GraphRefiner(embed_dim, cfg), gat_text=GraphRefiner(embed_dim, cfg))
+        if cfg.gat_refiner:
+            parts.update(gat_image=GraphRefiner(embed_dim, cfg), gat_text=GraphRefiner(embed_dim, cfg))
+        if cfg.struct_head:
+            parts.update({f"struct_head_{modality}": nn.Sequential(nn.LayerNorm(embed_dim),
+                                                                   nn.Linear(embed_dim, embed_dim))
+                          for modality in ("image", "text")})
         log_inv_t = torch.tensor(math.log(1.0 / cfg.struct_temperature_init))
         parts["struct_log_inv_temperature"] = nn.Parameter(log_inv_t) if cfg.struct_temperature_learnable \
             else log_inv_t
@@ -99,11 +127,23 @@ class SLIP(CLIP):
 
     def forward(self, model: Any, out: dict[str, Tensor], edge_index: Optional[Tensor],
                 edge_weight: Optional[Tensor]) -> dict[str, Tensor]:
+        """The embeddings the structural loss scores (`image_struct`, `text_struct`): encoder output, detached
+        with struct_stop_grad, GAT-refined unless --no-gat-refiner, through the structural head with struct_head."""
+        import torch.nn.functional as F
         if edge_index is None:
             raise ValueError("method slip needs the batch edge_index")
-        return {"image_refined": model.graph_refine(out["image_emb"], edge_index, edge_weight, "image"),
-                "text_refined": model.graph_refine(out["text_emb"], edge_index, edge_weight, "text"),
-                "struct_temperature": self.struct_temperature(model)}
+        cfg = self.cfg
+        extra: dict[str, Tensor] = {"struct_temperature": self.struct_temperature(model)}
+        for modality in ("image", "text"):
+            emb = out[f"{modality}_emb"]
+            if cfg.struct_stop_grad:
+                emb = emb.detach()
+            if cfg.gat_refiner:
+                emb = model.graph_refine(emb, edge_index, edge_weight, modality)
+            if cfg.struct_head:
+                emb = F.normalize(getattr(model, f"struct_head_{modality}")(emb.float()), dim=-1)
+            extra[f"{modality}_struct"] = emb
+        return extra
 
     def graph_refine(self, model: Any, emb: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
                      modality: str) -> Tensor:
@@ -114,13 +154,16 @@ class SLIP(CLIP):
         cfg = self.cfg
         terms = super().loss_terms(model, out, ctx)
         terms["struct"] = structural_loss(
-            out["image_refined"], out["text_refined"], ctx.edge_index, out["struct_temperature"],
+            out["image_struct"], out["text_struct"], ctx.edge_index, out["struct_temperature"],
             intra_modal=cfg.struct_intra_modal, edge_weight=ctx.edge_weight if cfg.struct_edge_weight else None,
-            no_neighbor=cfg.struct_no_neighbor, rows=ctx.rows, neighbor_weight=cfg.struct_neighbor_weight)
+            no_neighbor=cfg.struct_no_neighbor, rows=ctx.rows, neighbor_weight=cfg.struct_neighbor_weight,
+            hops=cfg.struct_hops)
         return terms
 
-    def term_weights(self) -> dict[str, float]:
-        return {**super().term_weights(), "struct": self.cfg.lambda_struct}
+    def term_weights(self, step: int = 0) -> dict[str, float]:
+        warmup = self.cfg.lambda_struct_warmup
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return {**super().term_weights(step), "struct": self.cfg.lambda_struct * ramp}
 
     @staticmethod
     def struct_temperature(model: Any) -> Tensor:
@@ -131,5 +174,7 @@ class SLIP(CLIP):
         model.struct_log_inv_temperature.clamp_(max=math.log(1.0 / self.cfg.struct_temperature_min))
 
     def log_scalars(self, model: Any) -> dict[str, float]:
-        return {**super().log_scalars(model), "struct_temperature": self.struct_temperature(model).item(),
-                "alpha_image": model.gat_image.alpha.item(), "alpha_text": model.gat_text.alpha.item()}
+        scalars = {**super().log_scalars(model), "struct_temperature": self.struct_temperature(model).item()}
+        if self.cfg.gat_refiner:
+            scalars.update(alpha_image=model.gat_image.alpha.item(), alpha_text=model.gat_text.alpha.item())
+        return scalars

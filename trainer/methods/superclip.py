@@ -133,8 +133,8 @@ class SuperCLIPTerm(Method):
             getattr(model, DOCS).add_(batch[-1])
         return int(batch[-1].item())
 
-    def term_weights(self) -> dict[str, float]:
-        return {**super().term_weights(), "superclip": superclip_weight(self.cfg)}
+    def term_weights(self, step: int = 0) -> dict[str, float]:
+        return {**super().term_weights(step), "superclip": superclip_weight(self.cfg)}
 
     def log_scalars(self, model: Any) -> dict[str, float]:
         return {**super().log_scalars(model), "superclip_docs": float(getattr(model, DOCS).item())}
