@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from procstats import PeakRSS  # noqa: E402  (bench scripts are run as files, not as a package)
-from quality import build_sample, console_script, run_logged  # noqa: E402
+from quality import build_sample, console_script, portable, run_logged  # noqa: E402
 
 #: CLIP first: compare's deltas and paired wins are against the first group
 METHODS = ("clip", "siglip", "slip", "superclip", "clip-ping", "sail", "slip-superclip", "clip-ping-graph",
@@ -84,8 +84,9 @@ class Run:
 
 
 def flags_key(flags: list[str] | tuple[str, ...]) -> str:
-    """8 hex digits of the flags: the run folder's key (other flags, another folder)."""
-    return hashlib.blake2b(json.dumps(list(flags)).encode(), digest_size=4).hexdigest()
+    """8 hex digits of the flags (paths inside the checkout relative to it): the run folder's key (other flags,
+    another folder; the same flags in another checkout, the same folder)."""
+    return hashlib.blake2b(json.dumps(portable(list(flags))).encode(), digest_size=4).hexdigest()
 
 
 def warmup_of(args: argparse.Namespace) -> int:
@@ -175,7 +176,7 @@ def params_trained(folder: Path, release: Path) -> int:
 def finished(folder: Path, flags: tuple[str, ...]) -> bool:
     """Trained to its steps with these flags (bench_flags.json) and status done."""
     summary, saved = folder / "summary.json", folder / "bench_flags.json"
-    if not (summary.is_file() and saved.is_file()) or json.loads(saved.read_text()) != list(flags):
+    if not (summary.is_file() and saved.is_file()) or json.loads(saved.read_text()) != portable(list(flags)):
         return False
     done = json.loads(summary.read_text())
     return done.get("status") == "done" and done.get("steps") == int(flags[flags.index("--steps") + 1])
@@ -188,7 +189,7 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, release: Path) -> dic
     reused = finished(folder, run.flags) and compute_file.is_file()
     if not reused:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "bench_flags.json").write_text(json.dumps(list(run.flags)) + "\n")
+        (folder / "bench_flags.json").write_text(json.dumps(portable(list(run.flags))) + "\n")
         resumed = any((folder / "checkpoints").glob("step-*.pt"))
         compute = measured([console_script("slip-train"), *run.flags, "--resume", "latest", "--out", str(folder)],
                            args.out / "logs" / f"train-{tag}.log")
