@@ -380,6 +380,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be at least 1")
     args.methods = tuple(dict.fromkeys(args.methods))
     args.method_args = parse_method_args(args.method_arg, args.methods)
+    for name in ("out", "release", "sample_out"):  # shared helpers run commands from the checkout's root
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
     if args.image_encoder == "run" and args.image_pretrained is not None:
         raise SystemExit("--image-pretrained is for another --image-encoder: the 'run' encoder brings its weights")
     return args

@@ -89,10 +89,14 @@ def console_script(name: str) -> str:
 
 
 def run_logged(cmd: list[str], log: Path, env: Optional[dict[str, str]] = None) -> str:
-    """Run a command with stderr to `log`; return stdout; fail loudly with the log's tail."""
+    """Run a command from the checkout's root with stderr to `log`; return stdout; fail loudly with the log's tail.
+
+    Its arguments name paths inside the checkout relative to it, so what the runs record (summary.json, eval
+    reports) holds no machine's path and committed results stay valid in another clone."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [cmd[0], *portable(cmd[1:])]
     with log.open("w") as err:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
     if done.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-20:])
         raise SystemExit(f"command failed ({done.returncode}): {' '.join(cmd)}\n--- {log} ---\n{tail}")
@@ -118,7 +122,7 @@ def build_sample(args: argparse.Namespace, out: Path, sets: list[str], log_name:
     for item in extra:
         cmd += ["--set", item]
     stdout = run_logged(cmd, args.out / "logs" / log_name)
-    return Path(stdout.strip().splitlines()[-1])  # CLI contract: last stdout line = release folder
+    return REPO / stdout.strip().splitlines()[-1]  # CLI contract: last stdout line = release folder (from REPO)
 
 
 def prepare_studies(args: argparse.Namespace) -> list[Study]:
@@ -244,7 +248,8 @@ def regime_table(study: Study, per_seed: dict[str, dict[str, list[float]]],
 
     knobs = REGIMES.get(study.regime or "", {})
     lines = [f"## {study.name}", "",
-             f"- release: `{study.release}`" + (f"; knobs: {knobs or 'defaults'}" if study.regime else ""), "",
+             f"- release: `{portable([str(study.release)])[0]}`"
+             + (f"; knobs: {knobs or 'defaults'}" if study.regime else ""), "",
              "| metric | CLIP | SLIP encoder-only | SLIP graph-aware | Δ encoder | Δ graph-aware "
              "| paired encoder − CLIP (seeds better) | paired graph-aware − CLIP |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -278,7 +283,7 @@ def report(studies: list[Study], results: dict[str, dict[str, list[dict[str, Any
     levers = " ".join(f"{k}={v}" for k, v in args.levers.items()) or "(none)"
     lines = [
         "# SLIP vs CLIP quality study", "",
-        f"- model: `{args.model}`",
+        f"- model: `{portable([args.model])[0]}`",
         f"- budget per run: {args.steps} steps × batch {args.batch_size} (equal for both methods)",
         f"- extra flags: both {' '.join(args.train_arg) or '(none)'}; SLIP only {' '.join(args.slip_arg) or '(none)'}"
         f"; SLIP levers {levers}",
@@ -289,7 +294,7 @@ def report(studies: list[Study], results: dict[str, dict[str, list[dict[str, Any
         "- `_cat_`: a hit is any product with the query's label; `_nbr_`: the product or a graph neighbour of it",
         "",
     ]
-    summary: dict[str, Any] = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+    summary: dict[str, Any] = {"model": portable([args.model])[0], "steps": args.steps, "batch_size": args.batch_size,
                                "seeds": args.seeds, "levers": args.levers, "spread_k": args.spread_k, "regimes": {}}
     all_verdicts = {}
     for study in studies:
@@ -300,7 +305,8 @@ def report(studies: list[Study], results: dict[str, dict[str, list[dict[str, Any
         timing = {m: [r["train_time_s"] for r in results[study.name][m] if r.get("train_time_s") is not None]
                   for m in METHODS}
         summary["regimes"][study.name] = {
-            "release": str(study.release), "knobs": REGIMES.get(study.regime or "", {}), "per_seed": per_seed,
+            "release": portable([str(study.release)])[0], "knobs": REGIMES.get(study.regime or "", {}),
+            "per_seed": per_seed,
             "train_time_s": timing, "verdicts": verdict,
             "mean_std": {column: {m: list(mean_std(v)) if v else None for m, v in metrics.items()}
                          for column, metrics in per_seed.items()}}
@@ -352,9 +358,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if len(set(args.seeds)) < 3 and not args.allow_few_seeds:
         raise SystemExit("give at least 3 distinct seeds: one or two runs say nothing about the spread")
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: must be at least 1")
     from trainer.config import TrainConfig
     args.lever_fields = TrainConfig.model_fields
     args.levers = parse_levers(args.lever, args.lever_fields)
+    args.out = args.out.resolve()  # subprocesses run from REPO (run_logged): paths given here must not move
+    args.release = args.release.resolve() if args.release else None
+    args.sample_out = args.sample_out.resolve() if args.sample_out else None
     args.out.mkdir(parents=True, exist_ok=True)
     studies = prepare_studies(args)
     started = time.monotonic()
