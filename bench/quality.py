@@ -14,7 +14,8 @@ neighbour is a hit), so a table shows whether SLIP trades instance retrieval for
 `--regimes [NAME ...]` (no names = all of bench/regimes.py) builds one embedded-sample release per regime (knob
 presets of the sample generator) and runs the study on each: one table per regime, then a summary listing, per
 metric, the regimes where SLIP is ahead / level / behind. `--lever NAME=VALUE` (repeatable) overrides a SLIP
-option for a lever screen; CLIP runs do not depend on levers and are shared between screens.
+option for a lever screen; CLIP runs do not depend on levers and are shared between screens, and a screen's report
+goes to OUT/screens/LEVERS/ so the study's own report stays.
 
 Resumable: run folders are keyed by regime, method, levers and seed (OUT/runs/REGIME/slip+LEVERS-sSEED); a
 finished run (same steps) with its eval JSON is reused, and a folder trained with other flags is refused (use
@@ -26,7 +27,8 @@ another --out or --force), so the study can be spread over several sessions and 
     python bench/quality.py --regimes default sparse --lever lambda_struct=0.5 --out bench/out/regimes
     python bench/quality.py --synthetic --steps 2 --batch-size 16 --workers 0   # smoke run, minutes on CPU
 
-Writes OUT/quality.md, OUT/quality.json and OUT/compare/[REGIME/] (slip-eval compare: table, curves, bar chart).
+Writes OUT/quality.md, OUT/quality.json and OUT/compare/[REGIME/] (slip-eval compare: table, curves, bar chart);
+with levers the same under OUT/screens/LEVERS/.
 """
 
 from __future__ import annotations
@@ -149,6 +151,12 @@ def run_dir(out: Path, study: Study, method: str, levers: dict[str, str], seed: 
     key = lever_key(levers) if method == "slip" else ""
     name = f"{method}{'+' + key if key else ''}-s{seed}"
     return out / "runs" / study.regime / name if study.regime else out / "runs" / name
+
+
+def report_dir(out: Path, levers: dict[str, str]) -> Path:
+    """OUT for the defaults, OUT/screens/LEVERS for a lever screen: a screen sharing OUT's CLIP runs keeps its
+    own report instead of overwriting the study's."""
+    return out / "screens" / lever_key(levers) if levers else out
 
 
 def portable(flags: list[str]) -> list[str]:
@@ -381,15 +389,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     for (study, method, _seed), result in zip(tasks, done):
         results[study.name][method].append(result)
     table, summary = report(studies, results, args)
-    (args.out / "quality.md").write_text(table)
-    (args.out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+    reports = report_dir(args.out, args.levers)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "quality.md").write_text(table)
+    (reports / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
     for study in studies:
         runs = [r["run_dir"] for m in METHODS for r in results[study.name][m]]
-        compare_out = args.out / "compare" / study.name if study.regime else args.out / "compare"
+        compare_out = reports / "compare" / study.name if study.regime else reports / "compare"
         run_logged([console_script("slip-eval"), "compare", *runs, "--out", str(compare_out)],
-                   args.out / "logs" / f"compare-{study.name}.log")
+                   args.out / "logs" / f"compare-{study.name}{'+' + lever_key(args.levers) if args.levers else ''}.log")
     print(table)
-    print(args.out / "quality.md")
+    print(reports / "quality.md")
     return 0
 
 

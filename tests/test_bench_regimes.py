@@ -108,6 +108,15 @@ def test_study_runs_two_at_a_time_resumes_a_killed_run_and_reuses_finished_ones(
     study = json.loads((out / "quality.json").read_text())
     assert study["regimes"]["synthetic"]["per_seed"]["slip"]["i2t_R@1"]
 
+    # a lever screen in the same OUT trains only SLIP, reuses the CLIP run and keeps the study's report
+    assert quality.main([*argv, "--lever", "lambda_struct=0.25"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["clip-s0", "slip+lambda_struct=0.25-s0", "slip-s0"]
+    assert json.loads((out / "quality.json").read_text()) == study
+    screen = json.loads((out / "screens" / "lambda_struct=0.25" / "quality.json").read_text())
+    assert screen["levers"] == {"lambda_struct": "0.25"}
+    assert (screen["regimes"]["synthetic"]["per_seed"]["clip"]["i2t_R@1"]
+            == study["regimes"]["synthetic"]["per_seed"]["clip"]["i2t_R@1"])
+
 
 def test_portable_flags_drop_the_checkout_path() -> None:
     quality = _quality()
