@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -49,8 +50,8 @@ def points(reports: list[tuple[str, dict[str, Any]]], metric: str) -> list[dict[
         for regime, entry in report.get("regimes", {}).items():
             for column in COLUMNS:
                 verdicts = entry.get("verdicts", {}).get(column, {})
-                if metric not in verdicts or not all(m in verdicts for m in INSTANCE):
-                    continue
+                if not all(math.isfinite(verdicts.get(m, {}).get("mean", math.nan)) for m in (*INSTANCE, metric)):
+                    continue  # a one-seed screen has no paired spread: bench/quality.py writes NaN
                 rows.append({"label": label, "regime": regime, "column": column,
                              "x": sum(verdicts[m]["mean"] for m in INSTANCE) / len(INSTANCE),
                              "x_std": sum(verdicts[m]["std"] for m in INSTANCE) / len(INSTANCE),

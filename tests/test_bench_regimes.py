@@ -123,3 +123,46 @@ def test_portable_flags_drop_the_checkout_path() -> None:
     inside = str(quality.REPO / "bench" / "results" / "r" / "release")
     assert quality.portable(["--release", inside, "--steps", "3"]) == ["--release", "bench/results/r/release",
                                                                      "--steps", "3"]
+
+
+def _tradeoff():
+    path = Path(__file__).resolve().parents[1] / "bench" / "tradeoff.py"
+    spec = importlib.util.spec_from_file_location("tradeoff", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(levers: dict[str, str], gain: float) -> dict:
+    metrics = ("i2t_R@1", "t2i_R@1", "t2i_cat_R@1", "zeroshot_acc1", "fewshot_16_acc1", "lp_mrr")
+    verdicts = {column: {m: {"mean": gain, "std": 0.01, "n": 3, "verdict": "level", "seeds_better": 2}
+                         for m in metrics} for column in ("slip", "slip_graph")}
+    return {"levers": levers, "regimes": {"default": {"verdicts": verdicts}, "sparse": {"verdicts": verdicts}}}
+
+
+def test_tradeoff_plot_reads_the_study_and_its_screens(tmp_path: Path, capsys) -> None:
+    tradeoff = _tradeoff()
+    (tmp_path / "screens" / "struct_head=true").mkdir(parents=True)
+    (tmp_path / "quality.json").write_text(json.dumps(_report({}, 0.02)))
+    (tmp_path / "screens" / "struct_head=true" / "quality.json").write_text(
+        json.dumps(_report({"struct_head": "true"}, -0.01)))
+    reports = tradeoff.load_reports(tmp_path)
+    assert [label for label, _ in reports] == ["defaults", "struct_head=true"]
+    rows = tradeoff.points(reports, "lp_mrr")
+    assert len(rows) == 8  # 2 reports × 2 regimes × (encoder-only, graph-aware)
+    assert {round(r["x"], 3) for r in rows} == {0.02, -0.01}
+    one_seed = _report({"struct_hops": "2"}, float("nan"))  # what a one-seed screen writes
+    assert tradeoff.points([("struct_hops=2", one_seed)], "lp_mrr") == []
+    assert tradeoff.main([str(tmp_path), "--out", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "32 points from 2 report(s)" in capsys.readouterr().out
+
+
+def test_tradeoff_plot_refuses_a_folder_without_a_study(tmp_path: Path, capsys) -> None:
+    tradeoff = _tradeoff()
+    assert tradeoff.main([str(tmp_path)]) == 2
+    assert "no quality.json" in capsys.readouterr().err
+    (tmp_path / "quality.json").write_text("{truncated")
+    assert tradeoff.main([str(tmp_path)]) == 2
+    assert "not JSON" in capsys.readouterr().err
+    assert tradeoff.main([str(tmp_path / "missing")]) == 2
