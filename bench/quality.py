@@ -120,7 +120,9 @@ def build_sample(args: argparse.Namespace, out: Path, sets: list[str], log_name:
     """`slip-etl build` of the embedded sample under `out` (finished stages are skipped); the release folder."""
     extra = [*sets, *([f"sources.sample.sample_products={args.sample_products}"] if args.sample_products else []),
              *args.etl_set]
-    cmd = [console_script("slip-etl"), "build", "--category", "electronics", "--source", "sample", "--out", str(out)]
+    # --wait: a second study (a lever screen) started beside the first waits for its build instead of failing
+    cmd = [console_script("slip-etl"), "build", "--category", "electronics", "--source", "sample", "--out", str(out),
+           "--wait", "3600"]
     for item in extra:
         cmd += ["--set", item]
     stdout = run_logged(cmd, args.out / "logs" / log_name)
