@@ -392,6 +392,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         results[study.name][method].append(result)
     table, summary = report(studies, results, args)
     reports = report_dir(args.out, args.levers)
+    screen = f"+{lever_key(args.levers)}" if args.levers else ""
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "quality.md").write_text(table)
     (reports / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -399,7 +400,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         runs = [r["run_dir"] for m in METHODS for r in results[study.name][m]]
         compare_out = reports / "compare" / study.name if study.regime else reports / "compare"
         run_logged([console_script("slip-eval"), "compare", *runs, "--out", str(compare_out)],
-                   args.out / "logs" / f"compare-{study.name}{'+' + lever_key(args.levers) if args.levers else ''}.log")
+                   args.out / "logs" / f"compare-{study.name}{screen}.log")
     print(table)
     print(reports / "quality.md")
     return 0

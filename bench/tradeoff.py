@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from regimes import lever_key  # noqa: E402  (bench scripts are run as files, not as a package)
+
 INSTANCE = ("i2t_R@1", "t2i_R@1")
 OTHERS = ("t2i_cat_R@1", "zeroshot_acc1", "fewshot_16_acc1", "lp_mrr")
 COLUMNS = {"slip": "encoder-only", "slip_graph": "graph-aware"}
@@ -34,11 +37,11 @@ def load_reports(study: Path) -> list[tuple[str, dict[str, Any]]]:
         try:
             report = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise SystemExit(f"{path}: not JSON ({error}); rerun bench/quality.py to rewrite it")
-        label = ",".join(f"{k}={v}" for k, v in report.get("levers", {}).items()) or "defaults"
+            raise ValueError(f"{path}: not JSON ({error}); rerun bench/quality.py to rewrite it") from error
+        label = lever_key(report.get("levers", {})) or "defaults"
         reports.append((label, report))
     if not reports:
-        raise SystemExit(f"{study}: no quality.json; give the --out folder of a bench/quality.py study")
+        raise ValueError(f"{study}: no quality.json; give the --out folder of a bench/quality.py study")
     return reports
 
 
@@ -107,7 +110,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         reports = load_reports(args.study)
-    except SystemExit as error:
+    except ValueError as error:
         print(error, file=sys.stderr)
         return 2
     out = args.out or args.study / "tradeoff.png"
