@@ -166,3 +166,37 @@ def test_tradeoff_plot_refuses_a_folder_without_a_study(tmp_path: Path, capsys) 
     assert tradeoff.main([str(tmp_path)]) == 2
     assert "not JSON" in capsys.readouterr().err
     assert tradeoff.main([str(tmp_path / "missing")]) == 2
+
+
+def _levers():
+    path = Path(__file__).resolve().parents[1] / "bench" / "levers.py"
+    spec = importlib.util.spec_from_file_location("levers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lever_table_counts_verdicts_per_regime_and_names_instance_misses(tmp_path: Path, capsys) -> None:
+    levers = _levers()
+    defaults = _report({}, 0.02)
+    behind = {"mean": -0.1, "std": 0.05, "n": 3, "verdict": "behind", "seeds_better": 0}
+    defaults["regimes"]["sparse"]["verdicts"] = {
+        column: {**verdicts, "i2t_mean_rank": behind, "lp_mrr": {**behind, "verdict": "ahead"}}
+        for column, verdicts in defaults["regimes"]["sparse"]["verdicts"].items()}
+    (tmp_path / "screens" / "struct_hops=2").mkdir(parents=True)
+    (tmp_path / "quality.json").write_text(json.dumps(defaults))
+    (tmp_path / "screens" / "struct_hops=2" / "quality.json").write_text(
+        json.dumps(_report({"struct_hops": "2"}, float("nan")) | {"regimes": {}}))
+    result = levers.tally(defaults, "slip", ("i2t_R@1", "i2t_mean_rank", "lp_mrr"))
+    assert result["regimes"] == ["default", "sparse"]
+    assert result["counts"]["i2t_R@1"] == {"ahead": 0, "level": 2, "behind": 0}
+    assert result["counts"]["i2t_mean_rank"] == {"ahead": 0, "level": 0, "behind": 1}  # default has no rank verdict
+    assert result["counts"]["lp_mrr"] == {"ahead": 1, "level": 1, "behind": 0}
+    assert result["misses"] == [("sparse", "i2t_mean_rank")]
+    assert levers.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| defaults | 2 | 0/2/0 | 0/2/0 | 0/0/1 |" in out and "sparse i2t_mean_rank |" in out
+    assert "struct_hops=2" not in out  # scored on no regime with a spread
+    assert levers.main([str(tmp_path), "--min-regimes", "3"]) == 0
+    assert "| defaults |" not in capsys.readouterr().out
+    assert levers.main([str(tmp_path / "missing")]) == 2
