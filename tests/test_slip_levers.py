@@ -103,6 +103,7 @@ def test_a_short_run_with_each_lever_trains_and_logs(assets, tmp_path, levers) -
     assert summary["steps"] == 4 and len(log) == 4
     assert all(row["loss_struct"] > 0 for row in log)
     if levers.get("lambda_struct_warmup"):  # the total is CLIP + ramped lambda * structural, step by step
+        lambda_struct = TrainConfig.model_fields["lambda_struct"].default
         for step, row in enumerate(log):
-            weight = min(1.0, (step + 1) / 3)
+            weight = lambda_struct * min(1.0, (step + 1) / 3)
             assert row["loss"] == pytest.approx(row["loss_clip"] + weight * row["loss_struct"], rel=1e-5)
