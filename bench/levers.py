@@ -67,9 +67,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--min-regimes", type=int, default=1,
                         help="Leave out settings scored (with ≥ 2 seeds) on fewer regimes than this.")
     args = parser.parse_args(argv)
-    if not args.study.is_dir():
-        print(f"{args.study}: not a folder; give the --out folder of a bench/quality.py study", file=sys.stderr)
-        return 2
     try:
         reports = load_reports(args.study)
     except ValueError as error:

@@ -28,7 +28,10 @@ COLUMNS = {"slip": "encoder-only", "slip_graph": "graph-aware"}
 
 
 def load_reports(study: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(label, quality.json) for the study's defaults and each lever screen beside it."""
+    """(label, quality.json) for the study's defaults and each lever screen beside it; ValueError (one line naming
+    the folder) when STUDY is not a study."""
+    if not study.is_dir():
+        raise ValueError(f"{study}: not a folder; give the --out folder of a bench/quality.py study")
     paths = [study / "quality.json", *sorted((study / "screens").glob("*/quality.json"))]
     reports = []
     for path in paths:
@@ -105,9 +108,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("study", type=Path, help="A bench/quality.py --out folder.")
     parser.add_argument("--out", type=Path, default=None, help="PNG to write (default STUDY/tradeoff.png).")
     args = parser.parse_args(argv)
-    if not args.study.is_dir():
-        print(f"{args.study}: not a folder; give the --out folder of a bench/quality.py study", file=sys.stderr)
-        return 2
     try:
         reports = load_reports(args.study)
     except ValueError as error:

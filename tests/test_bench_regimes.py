@@ -125,9 +125,10 @@ def test_portable_flags_drop_the_checkout_path() -> None:
                                                                      "--steps", "3"]
 
 
-def _tradeoff():
-    path = Path(__file__).resolve().parents[1] / "bench" / "tradeoff.py"
-    spec = importlib.util.spec_from_file_location("tradeoff", path)
+def _bench(name: str):
+    """A bench script loaded as a module (bench/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -141,7 +142,7 @@ def _report(levers: dict[str, str], gain: float) -> dict:
 
 
 def test_tradeoff_plot_reads_the_study_and_its_screens(tmp_path: Path, capsys) -> None:
-    tradeoff = _tradeoff()
+    tradeoff = _bench("tradeoff")
     (tmp_path / "screens" / "struct_head=true").mkdir(parents=True)
     (tmp_path / "quality.json").write_text(json.dumps(_report({}, 0.02)))
     (tmp_path / "screens" / "struct_head=true" / "quality.json").write_text(
@@ -159,7 +160,7 @@ def test_tradeoff_plot_reads_the_study_and_its_screens(tmp_path: Path, capsys) -
 
 
 def test_tradeoff_plot_refuses_a_folder_without_a_study(tmp_path: Path, capsys) -> None:
-    tradeoff = _tradeoff()
+    tradeoff = _bench("tradeoff")
     assert tradeoff.main([str(tmp_path)]) == 2
     assert "no quality.json" in capsys.readouterr().err
     (tmp_path / "quality.json").write_text("{truncated")
@@ -168,16 +169,10 @@ def test_tradeoff_plot_refuses_a_folder_without_a_study(tmp_path: Path, capsys) 
     assert tradeoff.main([str(tmp_path / "missing")]) == 2
 
 
-def _levers():
-    path = Path(__file__).resolve().parents[1] / "bench" / "levers.py"
-    spec = importlib.util.spec_from_file_location("levers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_lever_table_counts_verdicts_per_regime_and_names_instance_misses(tmp_path: Path, capsys) -> None:
-    levers = _levers()
+    levers = _bench("levers")
     defaults = _report({}, 0.02)
     behind = {"mean": -0.1, "std": 0.05, "n": 3, "verdict": "behind", "seeds_better": 0}
     defaults["regimes"]["sparse"]["verdicts"] = {
