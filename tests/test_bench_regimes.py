@@ -169,8 +169,6 @@ def test_tradeoff_plot_refuses_a_folder_without_a_study(tmp_path: Path, capsys) 
     assert tradeoff.main([str(tmp_path / "missing")]) == 2
 
 
-
-
 def test_lever_table_counts_verdicts_per_regime_and_names_instance_misses(tmp_path: Path, capsys) -> None:
     levers = _bench("levers")
     defaults = _report({}, 0.02)
