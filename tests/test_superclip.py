@@ -151,7 +151,8 @@ def test_superclip_as_an_add_on_to_slip_logs_both_terms(assets, tmp_path):
     trainer.run()
     for r in read_log(tmp_path / "slip"):
         assert r["loss_struct"] > 0 and r["loss_superclip"] > 0
-        assert r["loss"] == pytest.approx(r["loss_clip"] + r["loss_struct"] + 0.5 * r["loss_superclip"], rel=1e-6)
+        total = r["loss_clip"] + cfg.lambda_struct * r["loss_struct"] + 0.5 * r["loss_superclip"]
+        assert r["loss"] == pytest.approx(total, rel=1e-6)
     assert trainer.model.superclip_head[1].weight.grad is not None
     # the named combination is the same add-on at weight 1; other methods default to 0 (no head)
     named = build_config(release="r", method="slip-superclip")
