@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tradeoff import COLUMNS, load_reports  # noqa: E402  (bench scripts are run as files, not as a package)
+from tradeoff import COLUMNS, cli_reports  # noqa: E402  (bench scripts are run as files, not as a package)
 
 INSTANCE = ("i2t_R@1", "t2i_R@1", "i2t_mean_rank", "t2i_mean_rank")
 STRUCTURE = ("t2i_cat_R@1", "i2t_cat_R@1", "zeroshot_acc1", "fewshot_16_acc1", "lp_mrr")
@@ -67,10 +67,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--min-regimes", type=int, default=1,
                         help="Leave out settings scored (with ≥ 2 seeds) on fewer regimes than this.")
     args = parser.parse_args(argv)
-    try:
-        reports = load_reports(args.study)
-    except ValueError as error:
-        print(error, file=sys.stderr)
+    reports = cli_reports(args.study)
+    if reports is None:
         return 2
     for column in COLUMNS:
         print("\n".join(table(reports, column, args.min_regimes)), end="\n\n")

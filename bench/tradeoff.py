@@ -48,6 +48,15 @@ def load_reports(study: Path) -> list[tuple[str, dict[str, Any]]]:
     return reports
 
 
+def cli_reports(study: Path) -> Optional[list[tuple[str, dict[str, Any]]]]:
+    """load_reports for a command line: None after printing the one-line error (the caller exits 2)."""
+    try:
+        return load_reports(study)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return None
+
+
 def points(reports: list[tuple[str, dict[str, Any]]], metric: str) -> list[dict[str, Any]]:
     """One point per (report, regime, column): paired means and stds of instance R@1 (averaged over i2t/t2i) and of
     METRIC, as bench/quality.py's verdicts hold them (+ = SLIP better)."""
@@ -108,10 +117,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("study", type=Path, help="A bench/quality.py --out folder.")
     parser.add_argument("--out", type=Path, default=None, help="PNG to write (default STUDY/tradeoff.png).")
     args = parser.parse_args(argv)
-    try:
-        reports = load_reports(args.study)
-    except ValueError as error:
-        print(error, file=sys.stderr)
+    reports = cli_reports(args.study)
+    if reports is None:
         return 2
     out = args.out or args.study / "tradeoff.png"
     drawn = plot(reports, out)
