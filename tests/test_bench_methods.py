@@ -96,3 +96,23 @@ def test_report_has_compare_tables_then_compute_per_method_and_run(tmp_path: Pat
     assert "| sail | 3 | 100.0 ± 0.0 |" in text and "| 8,000 |" in text
     assert "| clip-s1-abcd1234 | 96 | 12.0 |" in text and text.count("| yes |") == 2
     assert "96 samples seen" in text and "3 steps × batch 32" not in text
+
+
+def test_measured_runs_from_the_checkout_with_its_paths_relative(tmp_path: Path) -> None:
+    # what a run records must hold no machine's path: committed results are reused in other clones
+    seen = tmp_path / "seen.txt"
+    child = ("import os, sys, pathlib; pathlib.Path(sys.argv[1]).write_text(os.getcwd() + '|' + sys.argv[2])")
+    methods.measured([sys.executable, "-c", child, str(seen), str(methods.REPO / "bench" / "x")],
+                     tmp_path / "child.log")
+    assert seen.read_text() == f"{methods.REPO}|bench/x"
+
+
+def test_a_bank_is_complete_only_with_its_manifest_and_every_array(tmp_path: Path) -> None:
+    from schemas.bank import ARRAYS, MANIFEST
+
+    assert not methods.bank_complete(tmp_path)
+    (tmp_path / MANIFEST).write_text("{}")  # what git keeps of a bank, were it kept: not enough to reuse it
+    assert not methods.bank_complete(tmp_path)
+    for name in ARRAYS:
+        (tmp_path / name).write_bytes(b"")
+    assert methods.bank_complete(tmp_path)

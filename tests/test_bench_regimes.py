@@ -117,12 +117,48 @@ def test_study_runs_two_at_a_time_resumes_a_killed_run_and_reuses_finished_ones(
     assert (screen["regimes"]["synthetic"]["per_seed"]["clip"]["i2t_R@1"]
             == study["regimes"]["synthetic"]["per_seed"]["clip"]["i2t_R@1"])
 
+    # each run records the defaults it left to the code; a finished run trained under another default is refused
+    screened = json.loads((out / "runs" / "slip+lambda_struct=0.25-s0" / "bench_defaults.json").read_text())
+    assert "lambda_struct" not in screened and "struct_neighbor_weight" in screened  # the lever is a flag
+    record = killed / "bench_defaults.json"
+    defaults = json.loads(record.read_text())
+    record.write_text(json.dumps({**defaults, "lambda_struct": defaults["lambda_struct"] * 2}))
+    with pytest.raises(SystemExit, match=r"slip-s0 was trained under other trainer defaults \(lambda_struct: "):
+        quality.main(argv)
+
 
 def test_portable_flags_drop_the_checkout_path() -> None:
     quality = _quality()
     inside = str(quality.REPO / "bench" / "results" / "r" / "release")
     assert quality.portable(["--release", inside, "--steps", "3"]) == ["--release", "bench/results/r/release",
                                                                      "--steps", "3"]
+
+
+def test_run_defaults_are_those_a_run_leaves_unset_for_its_method_and_add_ons(tmp_path: Path) -> None:
+    run_defaults = _bench("run_defaults")
+    from trainer.config import TrainConfig
+
+    slip = run_defaults.defaults_left("slip", ["--method", "slip", "--lambda-struct=0.5", "--no-augment",
+                                               "--steps", "3"])
+    assert slip["struct_neighbor_weight"] == TrainConfig.model_fields["struct_neighbor_weight"].default
+    assert not {"lambda_struct", "augment", "steps", "method"} & set(slip)  # given as flags
+    assert "sail_dim" not in slip and "out" not in slip  # another method's option; one that leaves weights alone
+    assert "superclip_idf_smoothing" in run_defaults.defaults_left("clip", ["--superclip-weight", "1"])
+    combined = run_defaults.defaults_left("slip-superclip", ["--method", "slip-superclip"])
+    assert combined["slip-superclip.superclip_default_weight"] == 1.0  # a default kept in code, not in an option
+    assert not any(name.startswith("slip-superclip.") for name in slip) and "slip.name" not in slip
+
+    flags = ["--method", "slip", "--steps", "3"]
+    assert run_defaults.changed_defaults(tmp_path, "slip", flags) == [
+        "no bench_defaults.json (trained before defaults were recorded)"]
+    run_defaults.record_defaults(tmp_path, "slip", flags)
+    assert run_defaults.changed_defaults(tmp_path, "slip", flags) == []
+    run_defaults.refuse_stale(tmp_path, "slip", flags)  # nothing changed: no exit
+    record = json.loads((tmp_path / "bench_defaults.json").read_text())
+    (tmp_path / "bench_defaults.json").write_text(json.dumps({**record, "lambda_struct": 1.0, "gone": 3}))
+    current = TrainConfig.model_fields["lambda_struct"].default
+    assert run_defaults.changed_defaults(tmp_path, "slip", flags) == ["gone: 3 -> '(absent)'",
+                                                                     f"lambda_struct: 1.0 -> {current!r}"]
 
 
 def _bench(name: str):

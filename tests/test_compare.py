@@ -16,7 +16,7 @@ I2T = {"clip": (0.10, 0.20, 0.30), "slip": (0.15, 0.18, 0.40)}
 RANK = {"clip": (12.0, 11.0, 10.0), "slip": (9.0, 10.5, 9.5)}
 
 
-def write_run(root: Path, name: str, method: str, seed: int, i: int) -> Path:
+def write_run(root: Path, name: str, method: str, seed: int, i: int, side: str = "config.json") -> Path:
     run = root / name
     run.mkdir(parents=True)
     result = {"method": method, "split": "test", "step": 60, "n_samples": 290, "skipped": 0,
@@ -27,7 +27,7 @@ def write_run(root: Path, name: str, method: str, seed: int, i: int) -> Path:
         result.update({"graph_i2t_R@1": I2T[method][i] + 0.05, "graph_fewshot_16_weight_decay": 1e-4,
                        "graph_max_neighbors": 32})
     (run / "eval-test.json").write_text(json.dumps(result))
-    (run / "config.json").write_text(json.dumps({"method": method, "seed": seed}))
+    (run / side).write_text(json.dumps({"method": method, "seed": seed}))
     return run
 
 
@@ -87,3 +87,11 @@ def test_a_missing_eval_json_is_exit_2_naming_it(runs, tmp_path, capsys):
     assert eval_main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 2
     err = capsys.readouterr().err
     assert str(runs[1] / "eval-test.json") in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_without_config_pair_by_the_seed_in_their_summary(tmp_path):
+    # committed study results keep summary.json but not config.json: they still group and pair by seed
+    runs = [write_run(tmp_path, f"{m}-s{s}", m, s, i, side="summary.json") for m in ("clip", "slip")
+            for i, s in enumerate(SEEDS)]
+    groups = group_runs(load_runs(runs, "test"))
+    assert [(g.name, [r.seed for r in g.runs]) for g in groups] == [("clip", list(SEEDS)), ("slip", list(SEEDS))]

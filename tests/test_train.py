@@ -62,6 +62,7 @@ def test_short_run_lowers_the_loss_and_writes_the_run_folder(slip_run):
     assert any(r["neighbor_frac"] > 0 for r in log)
     summary = json.loads((slip_run / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["samples"] == STEPS * 24 and summary["skipped_total"] == 0
+    assert summary["seed"] == json.loads((slip_run / "config.json").read_text())["seed"]  # compare pairs by it
     assert sorted(p.name for p in (slip_run / "checkpoints").iterdir()) == ["step-00000012.pt", "step-00000024.pt"]
     assert list((slip_run / "tb").glob("events.out.tfevents.*"))
     assert json.loads((slip_run / "config.json").read_text())["method"] == "slip"

@@ -341,8 +341,14 @@ def plot_metric_bars(groups: list[Group], out_path: Path) -> Optional[Path]:
         ax.set_ylabel(title)
         if not title.startswith("mean rank"):
             ax.set_ylim(0, 1)
-        ax.legend(fontsize="small")
-    return _save(fig, out_path)
+    # one legend above the panels: inside them it hides bars once there are more than a few methods
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(groups), 5),
+               fontsize="small", frameon=False)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out_path
 
 
 def write_comparison(runs: list[Path], out: Path, split: str = "test") -> list[Path]:

@@ -484,7 +484,7 @@ class Trainer:
         trained = (self.step - first_step) * cfg.batch_size * self.micro_batches * self.world
         return {
             "method": cfg.method, "model": cfg.model if self.bank is None else f"bank:{cfg.bank}",
-            "steps": self.step, "samples": self.samples_seen,
+            "seed": cfg.seed, "steps": self.step, "samples": self.samples_seen,
             "samples_this_process": trained, "train_time_s": train_s, "setup_time_s": self.setup_s,
             "wall_time_s": time.perf_counter() - self.t_start,
             "samples_per_s": trained / train_s if train_s > 0 else None,
