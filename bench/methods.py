@@ -188,6 +188,17 @@ def finished(folder: Path, flags: tuple[str, ...]) -> bool:
     return done.get("status") == "done" and done.get("steps") == int(flags[flags.index("--steps") + 1])
 
 
+def train_measured(args: argparse.Namespace, folder: Path, method: str, flags: list[str] | tuple[str, ...],
+                   log_name: str) -> dict[str, float]:
+    """Train (or resume: `--resume latest`) one run, its flags and the defaults it leaves recorded first; the
+    process's compute."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench_flags.json").write_text(json.dumps(portable(list(flags))) + "\n")
+    record_defaults(folder, method, flags)
+    return measured([console_script("slip-train"), *flags, "--resume", "latest", "--out", str(folder)],
+                    args.out / "logs" / log_name)
+
+
 def train_and_evaluate(args: argparse.Namespace, run: Run, release: Path) -> dict[str, Any]:
     """Train (or resume, or reuse), evaluate once; returns the eval JSON with the run's compute."""
     folder, tag = run.folder, run.folder.name
@@ -196,12 +207,8 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, release: Path) -> dic
     if reused:
         refuse_stale(folder, run.method, run.flags)
     else:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "bench_flags.json").write_text(json.dumps(portable(list(run.flags))) + "\n")
-        record_defaults(folder, run.method, run.flags)
         resumed = any((folder / "checkpoints").glob("step-*.pt"))
-        compute = measured([console_script("slip-train"), *run.flags, "--resume", "latest", "--out", str(folder)],
-                           args.out / "logs" / f"train-{tag}.log")
+        compute = train_measured(args, folder, run.method, run.flags, f"train-{tag}.log")
         summary = json.loads((folder / "summary.json").read_text())
         rate = summary.get("samples_per_s") if summary.get("samples_this_process") else None  # none trained here
         compute.update(samples_per_s=rate, train_time_s=summary.get("train_time_s"),
@@ -242,11 +249,7 @@ def train_encoder(args: argparse.Namespace, folder: Path, flags: list[str], weig
     if finished(folder, tuple(flags)) and compute_file.is_file() and (has_weights or not weights_needed):
         refuse_stale(folder, "clip", flags)
     else:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "bench_flags.json").write_text(json.dumps(portable(flags)) + "\n")
-        record_defaults(folder, "clip", flags)
-        compute = measured([console_script("slip-train"), *flags, "--resume", "latest", "--out", str(folder)],
-                           args.out / "logs" / f"train-encoder-{folder.name}.log")
+        compute = train_measured(args, folder, "clip", flags, f"train-encoder-{folder.name}.log")
         compute_file.write_text(json.dumps(compute, indent=2) + "\n")
     return {"run_dir": portable([str(folder)])[0], **json.loads(compute_file.read_text())}
 

@@ -190,10 +190,10 @@ def train_and_evaluate(args: argparse.Namespace, study: Study, method: str, seed
     if flags_file.is_file() and json.loads(flags_file.read_text()) != portable(train_flags):
         raise SystemExit(f"{folder} was trained with other flags ({flags_file}); use another --out, or --force "
                          "to retrain it")
-    if finished(folder, args.steps):
-        refuse_stale(folder, method, train_flags)
     trained = not finished(folder, args.steps)
-    if trained:
+    if not trained:
+        refuse_stale(folder, method, train_flags)
+    else:
         folder.mkdir(parents=True, exist_ok=True)
         flags_file.write_text(json.dumps(portable(train_flags)) + "\n")
         record_defaults(folder, method, train_flags)

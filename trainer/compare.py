@@ -310,9 +310,9 @@ def plot_training_curves(runs: dict[str, Path], out_path: Path) -> Optional[Path
     return _save(fig, out_path)
 
 
-def _save(fig: Any, out_path: Path) -> Path:
+def _save(fig: Any, out_path: Path, bbox_inches: Optional[str] = None) -> Path:
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    fig.savefig(out_path, dpi=100, bbox_inches=bbox_inches)
     plt.close(fig)
     return out_path
 
@@ -345,10 +345,7 @@ def plot_metric_bars(groups: list[Group], out_path: Path) -> Optional[Path]:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(groups), 5),
                fontsize="small", frameon=False)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path, bbox_inches="tight")  # "tight" keeps the legend outside the axes in the file
 
 
 def write_comparison(runs: list[Path], out: Path, split: str = "test") -> list[Path]:
