@@ -150,6 +150,9 @@ def test_killed_encode_resumes_to_identical_bytes(assets, micro_bank, tmp_path, 
         assert (out / name).read_bytes() == (micro_bank / name).read_bytes(), name
     again = encode_bank(micro_config(assets, out))  # a finished bank is not encoded twice
     assert again["already_done"]
+    (out / "image.npy").unlink()  # ...but a manifest without its arrays is not a finished bank
+    with pytest.raises(BankError, match=r"holds a damaged bank \(.*image\.npy"):
+        encode_bank(micro_config(assets, out))
 
 
 def test_bank_of_another_release_is_refused(assets, micro_bank, tmp_path):

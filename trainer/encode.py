@@ -159,7 +159,7 @@ def _digest(obj: Any) -> str:
 
 def _finished(out: Path, state: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The summary of a bank already finished at `out` with these settings; BankError if it has others."""
-    from schemas.bank import MANIFEST, read_manifest
+    from schemas.bank import MANIFEST, check_bank, read_manifest
     from trainer.bank import BankError
 
     if not (out / MANIFEST).exists():
@@ -170,6 +170,9 @@ def _finished(out: Path, state: dict[str, Any]) -> Optional[dict[str, Any]]:
     if manifest.get("created_with", {}).get("fingerprint") != _digest(state):
         raise BankError(f"--out {out}: already holds a bank encoded with other settings or from another release; "
                         f"give another --out (or remove it)")
+    problems = check_bank(out, verify_hashes=False)  # sizes only: a manifest whose arrays are gone is not done
+    if problems:
+        raise BankError(f"--out {out}: holds a damaged bank ({'; '.join(problems)}); remove it or give another --out")
     return _summary(out, manifest, Counter(), already=True)
 
 
