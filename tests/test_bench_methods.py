@@ -4,6 +4,8 @@ measures and the report it builds from eval results. No training here: the study
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -116,3 +118,40 @@ def test_a_bank_is_complete_only_with_its_manifest_and_every_array(tmp_path: Pat
     for name in ARRAYS:
         (tmp_path / name).write_bytes(b"")
     assert methods.bank_complete(tmp_path)
+
+
+def test_study_end_to_end_reuses_runs_rebuilds_a_bank_git_did_not_keep_and_refuses_stale_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # real slip-train / encode / slip-eval processes on a tiny synthetic release, CLIP and SAIL, one seed
+    from helpers.training import MICRO_CONFIG
+    from trainer.synthetic import make_synthetic_release
+
+    monkeypatch.chdir(methods.REPO)  # main() moves to the checkout; put the test's cwd back afterwards
+    model = tmp_path / "micro.json"
+    model.write_text(json.dumps(MICRO_CONFIG))
+    release = make_synthetic_release(tmp_path / "release", n_nodes=96, shard_size=32, image_size=32)
+    out = tmp_path / "out"
+    argv = ["--release", str(release), "--model", str(model), "--methods", "clip", "sail", "--steps", "2",
+            "--batch-size", "8", "--seeds", "0", "--allow-few-seeds", "--workers", "0", "--out", str(out)]
+    assert methods.main(argv) == 0
+    first = json.loads((out / "methods.json").read_text())
+    assert [(r["method"], r["reused"]) for r in first["runs"]] == [("clip", False), ("sail", False)]
+    assert list(first["compare"]["groups"]) == ["clip", "sail"]
+    encoder = Path(first["bank_preparation"]["encoder_run"]["run_dir"])
+    bank = Path(first["bank_preparation"]["encode"]["bank"])
+    assert all((Path(r["run_dir"]) / "bench_defaults.json").is_file() for r in first["runs"])
+
+    # what a fresh checkout has: no bank, no encoder weights -> both rebuilt, finished runs still reused
+    shutil.rmtree(bank)
+    for checkpoint in (encoder / "checkpoints").glob("step-*.pt"):
+        checkpoint.unlink()
+    assert methods.main(argv) == 0
+    again = json.loads((out / "methods.json").read_text())
+    assert [r["reused"] for r in again["runs"]] == [True, True] and methods.bank_complete(bank)
+    assert any((encoder / "checkpoints").glob("step-*.pt"))
+    assert again["compare"]["groups"]["clip"]["mean"] == first["compare"]["groups"]["clip"]["mean"]
+
+    record = Path(first["runs"][0]["run_dir"]) / "bench_defaults.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "lr": 1.0}))
+    with pytest.raises(SystemExit, match=r"clip-s0-\w+ was trained under other trainer defaults \(lr: 1.0 -> "):
+        methods.main(argv)
